@@ -1,0 +1,107 @@
+"""Pick KVM or TCG by a probe boot with a deadline, and measure machine speed.
+
+``/dev/kvm`` can exist and answer ioctls while guests hang (nested setups
+without vmx/svm), so presence proves nothing: we boot the image's kernel
+with ``vmf.probe`` (the initramfs prints one line and powers off) under KVM
+with a deadline. The TCG probe time is the machine's speed yardstick that
+every timeout is scaled by. Results are cached per host boot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .. import paths
+from ..errors import MissingDependency
+
+PROBE_LINE = b"vmfixtures: probe ok"
+KVM_DEADLINE = 15.0
+TCG_DEADLINE = 120.0
+QEMU = "qemu-system-x86_64"
+
+
+@dataclass
+class Accel:
+    """The accelerator in use, why, and how long a probe boot took."""
+
+    name: str  # "kvm" or "tcg"
+    reason: str
+    probe_seconds: float  # boot-to-probe-line with the chosen accelerator
+
+    def scale(self, base: float) -> float:
+        """A timeout of ``base`` seconds on a machine where a probe boot takes 4 s."""
+        return base * max(1.0, self.probe_seconds / 4.0)
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def probe_boot(accel: str, kernel: Path, initrd: Path, deadline: float) -> float | None:
+    """Seconds until the probe line under ``accel``, or None past ``deadline``."""
+    cmd = [QEMU, "-machine", f"pc,accel={accel}", "-m", "128", "-nodefaults", "-no-user-config",
+           "-display", "none", "-no-reboot", "-serial", "stdio", "-kernel", str(kernel),
+           "-initrd", str(initrd), "-append", "console=ttyS0 quiet panic=-1 vmf.probe"]
+    start = time.monotonic()
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    except FileNotFoundError:
+        raise MissingDependency(f"'{QEMU}' not found: install the Debian package 'qemu-system-x86'") from None
+    try:
+        out = proc.communicate(timeout=deadline)[0]
+        return time.monotonic() - start if PROBE_LINE in out else None
+    except subprocess.TimeoutExpired:
+        return None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def choose(kernel: Path, initrd: Path, refresh: bool = False) -> Accel:
+    """KVM when a probe boot under KVM finishes in time, else TCG. Cached per host boot."""
+    forced = os.environ.get("VMFIXTURES_ACCEL")
+    cache = paths.cache_dir() / "accel.json"
+    key = {"boot_id": _boot_id(), "kernel": str(kernel), "forced": forced}
+    if not refresh and cache.is_file():
+        try:
+            saved = json.loads(cache.read_text())
+            if saved.get("key") == key:
+                return Accel(**saved["accel"])
+        except (ValueError, TypeError, KeyError):
+            pass  # a corrupt cache is re-probed
+    accel = _probe(kernel, initrd, forced)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"key": key, "accel": asdict(accel)}))
+    os.replace(tmp, cache)
+    return accel
+
+
+def _probe(kernel: Path, initrd: Path, forced: str | None) -> Accel:
+    if forced not in (None, "", "kvm", "tcg"):
+        raise MissingDependency(f"VMFIXTURES_ACCEL={forced!r}: use 'kvm' or 'tcg'")
+    if forced != "tcg":
+        if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+            reason = "/dev/kvm is absent or not accessible"
+        else:
+            seconds = probe_boot("kvm", kernel, initrd, KVM_DEADLINE)
+            if seconds is not None:
+                return Accel("kvm", "KVM probe boot finished", round(seconds, 2))
+            reason = f"/dev/kvm exists but a KVM probe boot did not finish within {KVM_DEADLINE:.0f}s"
+        if forced == "kvm":
+            raise MissingDependency(f"VMFIXTURES_ACCEL=kvm but {reason}")
+    else:
+        reason = "forced by VMFIXTURES_ACCEL=tcg"
+    seconds = probe_boot("tcg", kernel, initrd, TCG_DEADLINE)
+    if seconds is None:
+        raise MissingDependency(f"even a TCG probe boot of {kernel} did not finish within {TCG_DEADLINE:.0f}s")
+    return Accel("tcg", reason, round(seconds, 2))

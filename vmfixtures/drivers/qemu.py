@@ -1,0 +1,360 @@
+"""The default backend: QEMU started directly, driven over QMP. No libvirtd.
+
+A VM is a folder ``<storage>/<name>/``::
+
+    vm.json       the spec it was created with, and its owner (if any)
+    disk.qcow2    overlay on the image's base disk
+    console.log   every boot's serial output (kept until destroy)
+    qemu.log      QEMU's own stderr
+    run/          only while running: run.json (pid, start time, ssh port,
+                  accelerator) and the qmp/qga/console sockets
+
+The sockets are bound by us and handed to QEMU as listening file
+descriptors, so they exist before QEMU does and connecting never races its
+start-up. Every QEMU gets ``-name guest=vmfx-<name>`` so a sweep can tell
+ours from anyone else's.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+from qemu.qmp.legacy import QEMUMonitorProtocol
+
+from .. import keys, paths
+from ..errors import GuestError, Mismatch, MissingDependency, NotFound, Timeout, VmfError
+from ..images import Image, Recipe, build, find
+from ..machine import Machine
+from ..progress import Progress
+from ..spec import VMSpec, check_name
+from . import accel as accel_mod
+from .base import CreateResult, DestroyProof, StopResult, VMState
+
+PREFIX = "vmfx-"
+QEMU = "qemu-system-x86_64"
+READY_LINE = r"vmfixtures: ready"
+SOCKETS = ("qmp", "qga", "console")
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Run in the child before exec: SIGKILL QEMU when its owner dies, even by SIGKILL."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class QemuDriver:
+    """Create, start, stop, restart and destroy VMs as plain QEMU processes."""
+
+    name = "qemu"
+
+    def __init__(self, storage: Path | None = None, recipe: Recipe | None = None, quiet: bool = False):
+        self.storage = Path(storage) if storage else paths.vms_dir()
+        self.recipe = recipe or Recipe()
+        self.quiet = quiet
+        self._image: Image | None = None
+        self._accel: accel_mod.Accel | None = None
+
+    # -- lookups ---------------------------------------------------------
+    def vm_dir(self, name: str) -> Path:
+        return self.storage / name
+
+    def names(self) -> list[str]:
+        if not self.storage.is_dir():
+            return []
+        return sorted(d.name for d in self.storage.iterdir() if (d / "vm.json").is_file())
+
+    def _meta(self, name: str) -> dict:
+        path = self.vm_dir(name) / "vm.json"
+        if not path.is_file():
+            raise NotFound(f"no VM named '{name}' in {self.storage} (see `vmfixtures vm list`)")
+        return json.loads(path.read_text())
+
+    def spec(self, name: str) -> VMSpec:
+        return VMSpec.from_dict(self._meta(name)["spec"])
+
+    def run_info(self, name: str) -> dict | None:
+        """run.json of a running VM, or None."""
+        path = self.vm_dir(name) / "run" / "run.json"
+        try:
+            return json.loads(path.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def process(self, name: str) -> psutil.Process | None:
+        """The VM's QEMU process if it is alive and really ours (pid + start time)."""
+        info = self.run_info(name)
+        if not info:
+            return None
+        return _live_process(info["pid"], info["create_time"])
+
+    def state(self, name: str) -> VMState:
+        if not (self.vm_dir(name) / "vm.json").is_file():
+            return VMState.MISSING
+        return VMState.RUNNING if self.process(name) else VMState.STOPPED
+
+    # -- image and accelerator ----------------------------------------------
+    def image(self) -> Image:
+        if self._image is None:
+            self._image = find(self.recipe) or build(self.recipe, quiet=self.quiet)
+        return self._image
+
+    def accel(self) -> accel_mod.Accel:
+        if self._accel is None:
+            img = self.image()
+            self._accel = accel_mod.choose(img.kernel, img.initrd)
+        return self._accel
+
+    # -- lifecycle -------------------------------------------------------
+    def create(self, spec: VMSpec, start: bool = True, owner_pid: int | None = None) -> CreateResult:
+        """Create (and by default start) a VM. Same spec again: "exists". Different: Mismatch."""
+        check_name(spec.name)
+        vm_dir = self.vm_dir(spec.name)
+        if (vm_dir / "vm.json").is_file():
+            existing = self.spec(spec.name)
+            diffs = existing.differences(spec)
+            if diffs:
+                raise Mismatch(f"VM '{spec.name}' already exists with a different spec; left untouched:\n  "
+                               + "\n  ".join(diffs))
+            return CreateResult(spec.name, "exists", self.state(spec.name))
+        if shutil.which(QEMU) is None or shutil.which("qemu-img") is None:
+            raise MissingDependency(f"'{QEMU}' and 'qemu-img' are needed: install qemu-system-x86 and qemu-utils")
+        img = self.image()
+        vm_dir.mkdir(parents=True, exist_ok=False)
+        try:
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(img.disk), "-F", "qcow2",
+                            str(vm_dir / "disk.qcow2"), str(spec.disk)], check=True, capture_output=True, text=True)
+            owner = None
+            if owner_pid:
+                owner = {"pid": owner_pid, "create_time": psutil.Process(owner_pid).create_time()}
+            meta = {"spec": spec.to_dict(), "image": img.key, "image_dir": str(img.dir), "driver": self.name,
+                    "created_at": time.time(), "owner": owner}
+            _write_json(vm_dir / "vm.json", meta)  # last: a folder without vm.json is not a VM
+        except BaseException as exc:
+            shutil.rmtree(vm_dir, ignore_errors=True)
+            if isinstance(exc, subprocess.CalledProcessError):
+                raise VmfError(f"qemu-img create failed for '{spec.name}': {exc.stderr.strip()}") from None
+            raise
+        if start:
+            try:
+                self.start(spec.name)
+            except BaseException:
+                self.destroy(spec.name)  # a VM that never booted is not left behind half-made
+                raise
+        return CreateResult(spec.name, "created", self.state(spec.name))
+
+    def start(self, name: str) -> Machine:
+        """Boot the VM and wait for its ready line; already running is fine."""
+        meta = self._meta(name)
+        if self.process(name):
+            return self.machine(name)
+        spec = VMSpec.from_dict(meta["spec"])
+        img = Image(Path(meta["image_dir"]))
+        if not img.disk.exists():
+            raise NotFound(f"VM '{name}' was created from image {meta['image']}, which is no longer cached "
+                           f"({img.dir}); destroy and re-create the VM")
+        vm_dir = self.vm_dir(name)
+        run = vm_dir / "run"
+        shutil.rmtree(run, ignore_errors=True)  # sockets of a VM that died uncleanly
+        run.mkdir()
+        accel = self.accel()
+        progress = Progress(f"vm {name}", self.quiet)
+        progress.step(f"booting ({accel.name}, {spec.cpus} cpu, {spec.memory // 1024**2} MiB)")
+        listeners = {s: _listen(run / f"{s}.sock") for s in SOCKETS}
+        console_log = vm_dir / "console.log"
+        offset = console_log.stat().st_size if console_log.exists() else 0
+        cmd = self._command(name, spec, img, accel, listeners, console_log)
+        owned = bool(meta.get("owner"))
+        with open(vm_dir / "qemu.log", "ab") as log:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=vm_dir,
+                                    pass_fds=[l.fileno() for l in listeners.values()], start_new_session=True,
+                                    preexec_fn=_die_with_parent if owned else None)
+        for l in listeners.values():
+            l.close()  # QEMU holds its own copies now
+        pinfo = psutil.Process(proc.pid)
+        info = {"pid": proc.pid, "create_time": pinfo.create_time(), "accel": accel.name,
+                "accel_reason": accel.reason, "started_at": time.time(), "cmdline": cmd}
+        _write_json(run / "run.json", info)
+        try:
+            with self._qmp(name) as qmp:
+                info["ssh_port"] = _forwarded_port(qmp.cmd("human-monitor-command", **{"command-line": "info usernet"}))
+            _write_json(run / "run.json", info)
+            m = self.machine(name)
+            m.console.wait_for(READY_LINE, offset, accel.scale(60), alive=lambda: proc.poll() is None)
+        except BaseException as exc:
+            _kill(pinfo)
+            shutil.rmtree(run, ignore_errors=True)
+            if isinstance(exc, VmfError):
+                raise type(exc)(f"VM '{name}' failed to boot: {exc}\n  console log: {console_log}\n"
+                                f"  qemu log: {vm_dir / 'qemu.log'}") from None
+            raise
+        progress.step(f"ready in {progress.elapsed():.1f}s (ssh 127.0.0.1:{info['ssh_port']})")
+        return m
+
+    def _command(self, name: str, spec: VMSpec, img: Image, accel, listeners: dict, console_log: Path) -> list[str]:
+        fd = {s: listeners[s].fileno() for s in SOCKETS}
+        cmd = [QEMU, "-name", f"guest={PREFIX}{name},debug-threads=off",
+               "-machine", f"pc,accel={accel.name}", "-smp", str(spec.cpus), "-m", f"{spec.memory // 1024**2}M",
+               "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+               "-kernel", str(img.kernel), "-initrd", str(img.initrd),
+               "-append", f"console=ttyS0 root=/dev/vda rw quiet panic=-1 vmf.hostname={name}",
+               "-blockdev", "driver=file,filename=disk.qcow2,node-name=disk0-file",
+               "-blockdev", "driver=qcow2,file=disk0-file,node-name=disk0",
+               "-device", "virtio-blk-pci,drive=disk0,id=vda",
+               "-netdev", "user,id=net0,hostfwd=tcp:127.0.0.1:0-:22",
+               "-device", "virtio-net-pci,netdev=net0",
+               "-device", "virtio-rng-pci",
+               "-device", "virtio-serial-pci",
+               "-chardev", f"socket,id=qga0,fd={fd['qga']},server=on,wait=off",
+               "-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
+               "-chardev", f"socket,id=con0,fd={fd['console']},server=on,wait=off,logfile={console_log},logappend=on",
+               "-serial", "chardev:con0",
+               "-chardev", f"socket,id=qmp0,fd={fd['qmp']},server=on,wait=off",
+               "-mon", "chardev=qmp0,mode=control"]
+        if accel.name == "kvm":
+            cmd += ["-cpu", "host"]
+        return cmd
+
+    def _qmp(self, name: str) -> QEMUMonitorProtocol:
+        qmp = QEMUMonitorProtocol(str(self.vm_dir(name) / "run" / "qmp.sock"))
+        try:
+            qmp.connect()
+        except (OSError, Exception) as exc:  # qemu.qmp raises its own ConnectError types
+            raise GuestError(f"VM '{name}': cannot connect to QMP: {exc}") from None
+        return qmp
+
+    def stop(self, name: str, timeout: float | None = None) -> StopResult:
+        """ACPI power-down with a deadline, then forced. Stopped already is fine."""
+        self._meta(name)
+        start = time.monotonic()
+        proc = self.process(name)
+        graceful = True
+        if proc:
+            deadline = timeout if timeout is not None else self.accel().scale(20)
+            try:
+                with self._qmp(name) as qmp:
+                    qmp.cmd("system_powerdown")
+                proc.wait(deadline)
+            except (GuestError, psutil.TimeoutExpired):
+                graceful = False
+                _kill(proc)
+        shutil.rmtree(self.vm_dir(name) / "run", ignore_errors=True)
+        return StopResult(name, graceful, time.monotonic() - start)
+
+    def restart(self, name: str) -> Machine:
+        self.stop(name)
+        return self.start(name)
+
+    def destroy(self, name: str) -> DestroyProof:
+        """Kill QEMU (no graceful shutdown: the disk is thrown away) and remove every file."""
+        vm_dir = self.vm_dir(name)
+        if not vm_dir.exists():
+            raise NotFound(f"no VM named '{name}' in {self.storage} (see `vmfixtures vm list`)")
+        info = self.run_info(name)
+        proc = self.process(name)
+        if proc:
+            _kill(proc)
+        files = [str(p) for p in vm_dir.rglob("*")]
+        shutil.rmtree(vm_dir, ignore_errors=True)
+        gone = proc is None or not proc.is_running()
+        leftovers = [str(vm_dir)] if vm_dir.exists() else []
+        return DestroyProof(name, info["pid"] if info else None, gone, files, leftovers)
+
+    def machine(self, name: str) -> Machine:
+        """A handle to talk to the running VM (guest agent, SSH, console)."""
+        info = self.run_info(name)
+        if not info or not self.process(name):
+            raise GuestError(f"VM '{name}' is not running (start it with `vmfixtures vm start {name}`)")
+        meta = self._meta(name)
+        run = self.vm_dir(name) / "run"
+        return Machine(name=name, run_dir=run, console_log=self.vm_dir(name) / "console.log",
+                       ssh_port=info.get("ssh_port"), host_key=Image(Path(meta["image_dir"])).host_key,
+                       key_path=keys.ensure_keypair(), accel=info["accel"])
+
+    # -- sweeping ----------------------------------------------------------
+    def sweep(self, owned_only: bool = True) -> list[str]:
+        """Destroy VMs whose owner process is dead, and kill QEMU processes of ours
+        that no VM folder accounts for. Returns what was reclaimed."""
+        reclaimed = []
+        known_pids = set()
+        for name in self.names():
+            meta = self._meta(name)
+            owner = meta.get("owner")
+            if owner and _live_process(owner["pid"], owner["create_time"]) is None:
+                self.destroy(name)
+                reclaimed.append(f"vm {name} (owner pid {owner['pid']} is gone)")
+                continue
+            info = self.run_info(name)
+            if info:
+                known_pids.add(info["pid"])
+        for proc in our_qemu_processes(self.storage):
+            if proc.pid not in known_pids:
+                _kill(proc)
+                reclaimed.append(f"orphan QEMU pid {proc.pid}")
+        return reclaimed
+
+
+def our_qemu_processes(storage: Path | None = None) -> list[psutil.Process]:
+    """QEMU processes carrying our name prefix (optionally: started from ``storage``)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "cwd"]):
+        cmd = proc.info["cmdline"] or []
+        if not any(a.startswith(f"guest={PREFIX}") for a in cmd):
+            continue
+        if storage is not None and not str(proc.info.get("cwd") or "").startswith(str(storage)):
+            continue
+        found.append(proc)
+    return found
+
+
+def _live_process(pid: int, create_time: float) -> psutil.Process | None:
+    try:
+        proc = psutil.Process(pid)
+        if abs(proc.create_time() - create_time) > 0.01 or proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return proc
+    except psutil.Error:
+        return None
+
+
+def _kill(proc: psutil.Process, timeout: float = 10.0) -> None:
+    """SIGKILL and wait until the process is really gone (reaped if it is our child)."""
+    try:
+        proc.kill()
+        proc.wait(timeout)
+    except psutil.NoSuchProcess:
+        pass
+    except psutil.TimeoutExpired:
+        raise Timeout(f"QEMU pid {proc.pid} survived SIGKILL for {timeout:.0f}s") from None
+
+
+def _listen(path: Path) -> socket.socket:
+    if len(str(path)) > 107:
+        raise VmfError(f"socket path too long for a Unix socket ({len(str(path))} > 107 bytes): {path}; "
+                       "set VMFIXTURES_STATE_DIR to a shorter folder")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(str(path))
+    os.chmod(path, 0o600)
+    s.listen(8)
+    return s
+
+
+def _forwarded_port(usernet: str) -> int:
+    for line in usernet.splitlines():
+        if "HOST_FORWARD" in line:
+            return int(line.split()[3])
+    raise GuestError(f"no SSH port forward found in QEMU's 'info usernet':\n{usernet}")
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,152 @@
+"""qemu-guest-agent over virtio-serial: exec, files, time, without SSH.
+
+The agent speaks JSON lines on a Unix socket QEMU exposes on the host. No
+library exists for this side of it (libvirt wraps it only for its own
+domains), so this is a small client: connect, resynchronise with
+``guest-sync-delimited`` (the agent may hold a stale reply from an earlier
+client), then one request, one reply.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import socket
+import time
+from pathlib import Path
+
+from ..errors import GuestError, Timeout
+from .result import ExecResult
+
+CHUNK = 48 * 1024
+
+
+class GuestAgent:
+    """A connection to one VM's guest agent socket."""
+
+    def __init__(self, socket_path: Path):
+        self.socket_path = Path(socket_path)
+        self._sock: socket.socket | None = None
+        self._buf = b""
+
+    # -- transport -------------------------------------------------------
+    def connect(self, timeout: float = 5.0) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(str(self.socket_path))
+        except OSError as exc:
+            sock.close()
+            raise GuestError(f"guest agent socket {self.socket_path}: {exc}") from None
+        self._sock, self._buf = sock, b""
+        token = random.randint(1, 2**31)
+        self._send({"execute": "guest-sync-delimited", "arguments": {"id": token}})
+        deadline = time.monotonic() + timeout
+        while True:  # skip anything up to the 0xFF delimiter, then find our token
+            reply = self._recv(deadline, after_delimiter=True)
+            if reply.get("return") == token:
+                return
+
+    def close(self) -> None:
+        if self._sock:
+            self._sock.close()
+            self._sock = None
+
+    def _send(self, msg: dict) -> None:
+        assert self._sock
+        self._sock.sendall(json.dumps(msg).encode() + b"\n")
+
+    def _recv(self, deadline: float, after_delimiter: bool = False) -> dict:
+        assert self._sock
+        while True:
+            if after_delimiter and b"\xff" in self._buf:
+                self._buf = self._buf[self._buf.rindex(b"\xff") + 1:]
+                after_delimiter = False
+            if not after_delimiter and b"\n" in self._buf:
+                line, self._buf = self._buf.split(b"\n", 1)
+                if line.strip():
+                    return json.loads(line)
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise Timeout(f"guest agent did not answer within the deadline ({self.socket_path})")
+            self._sock.settimeout(remaining)
+            try:
+                data = self._sock.recv(65536)
+            except socket.timeout:
+                continue
+            if not data:
+                raise GuestError(f"guest agent closed the connection ({self.socket_path})")
+            self._buf += data
+
+    def call(self, command: str, timeout: float = 10.0, **arguments) -> object:
+        """Run one agent command and return its ``return`` value."""
+        if not self._sock:
+            self.connect(timeout)
+        msg: dict = {"execute": command}
+        if arguments:
+            msg["arguments"] = arguments
+        try:
+            self._send(msg)
+            reply = self._recv(time.monotonic() + timeout)
+        except (OSError, Timeout, GuestError):
+            self.close()  # the stream may be out of step now; resync on next call
+            raise
+        if "error" in reply:
+            err = reply["error"]
+            raise GuestError(f"guest agent {command}: {err.get('desc', err)}")
+        return reply.get("return")
+
+    # -- operations ------------------------------------------------------
+    def ping(self, timeout: float = 5.0) -> None:
+        self.call("guest-ping", timeout=timeout)
+
+    def exec(self, argv: list[str], input: bytes | None = None, env: dict[str, str] | None = None,
+             timeout: float = 60.0) -> ExecResult:
+        """Run ``argv`` in the guest and wait for it; output is captured."""
+        args: dict = {"path": argv[0], "arg": argv[1:], "capture-output": True}
+        if input is not None:
+            args["input-data"] = base64.b64encode(input).decode()
+        if env:
+            args["env"] = [f"{k}={v}" for k, v in env.items()]
+        pid = self.call("guest-exec", timeout=timeout, **args)["pid"]
+        deadline = time.monotonic() + timeout
+        delay = 0.002
+        # The agent offers no completion event; poll with a short, growing interval.
+        while True:
+            status = self.call("guest-exec-status", timeout=timeout, pid=pid)
+            if status.get("exited"):
+                break
+            if time.monotonic() > deadline:
+                raise Timeout(f"guest command {argv!r} still running after {timeout:.0f}s")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+        decode = lambda key: base64.b64decode(status.get(key, "")).decode(errors="replace")
+        code = status.get("exitcode", 128 + status.get("signal", 0))
+        return ExecResult(" ".join(argv), code, decode("out-data"), decode("err-data"))
+
+    def read_file(self, path: str, timeout: float = 30.0) -> bytes:
+        handle = self.call("guest-file-open", timeout=timeout, path=path, mode="r")
+        data = b""
+        try:
+            while True:
+                chunk = self.call("guest-file-read", timeout=timeout, handle=handle, count=CHUNK)
+                data += base64.b64decode(chunk["buf-b64"])
+                if chunk.get("eof") or not chunk["count"]:
+                    return data
+        finally:
+            self.call("guest-file-close", timeout=timeout, handle=handle)
+
+    def write_file(self, path: str, data: bytes, timeout: float = 30.0) -> None:
+        handle = self.call("guest-file-open", timeout=timeout, path=path, mode="w")
+        try:
+            for i in range(0, len(data), CHUNK):
+                self.call("guest-file-write", timeout=timeout, handle=handle,
+                          **{"buf-b64": base64.b64encode(data[i:i + CHUNK]).decode()})
+        finally:
+            self.call("guest-file-close", timeout=timeout, handle=handle)
+
+    def set_time(self, ns: int | None = None) -> None:
+        """Set the guest clock (to the host's now by default): stale after a restore."""
+        self.call("guest-set-time", time=ns if ns is not None else time.time_ns())

@@ -1,0 +1,75 @@
+"""A running VM as tests see it: run commands, move files, watch the console.
+
+Modelled on the NixOS test driver's ``Machine``: ``succeed`` returns stdout
+or raises with the exit code and stderr, ``fail`` is its mirror. Commands go
+through qemu-guest-agent (no SSH handshake per command); ``ssh`` is there for
+shells, forwarding and mounts.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+from .errors import GuestError
+from .guest.agent import GuestAgent
+from .guest.console import Console
+from .guest.result import ExecResult
+from .guest.ssh import SSH
+
+
+class Machine:
+    """One running VM's guest channels."""
+
+    def __init__(self, name: str, run_dir: Path, console_log: Path, ssh_port: int | None,
+                 host_key: str, key_path: Path, accel: str):
+        self.name = name
+        self.accel = accel
+        self.ssh_port = ssh_port
+        self.console = Console(console_log, run_dir / "console.sock")
+        self.agent = GuestAgent(run_dir / "qga.sock")
+        self._ssh_args = (ssh_port, key_path, host_key)
+        self._ssh: SSH | None = None
+
+    @property
+    def ssh(self) -> SSH:
+        if self._ssh is None:
+            if not self.ssh_port:
+                raise GuestError(f"VM '{self.name}' has no SSH port forward")
+            self._ssh = SSH(*self._ssh_args)
+        return self._ssh
+
+    def execute(self, command: str | list[str], timeout: float = 60.0, input: bytes | None = None) -> ExecResult:
+        """Run a shell command (str) or an argv (list) in the guest."""
+        argv = ["/bin/sh", "-c", command] if isinstance(command, str) else command
+        result = self.agent.exec(argv, input=input, timeout=timeout)
+        result.command = command if isinstance(command, str) else shlex.join(command)
+        return result
+
+    def succeed(self, command: str | list[str], timeout: float = 60.0) -> str:
+        """Run ``command``; return its stdout, or raise GuestError if it fails."""
+        result = self.execute(command, timeout)
+        if not result.ok:
+            raise GuestError(f"on {self.name}: {result.describe()}")
+        return result.stdout
+
+    def fail(self, command: str | list[str], timeout: float = 60.0) -> str:
+        """Run ``command``; return its stderr, or raise GuestError if it succeeds."""
+        result = self.execute(command, timeout)
+        if result.ok:
+            raise GuestError(f"on {self.name}: expected failure, but {result.describe()}")
+        return result.stderr
+
+    def read_file(self, path: str) -> bytes:
+        return self.agent.read_file(path)
+
+    def write_file(self, path: str, data: bytes | str) -> None:
+        self.agent.write_file(path, data.encode() if isinstance(data, str) else data)
+
+    def wait_for_console(self, pattern: str, timeout: float = 60.0, since: int = 0) -> str:
+        return self.console.wait_for(pattern, since, timeout)
+
+    def close(self) -> None:
+        self.agent.close()
+        if self._ssh:
+            self._ssh.close()
