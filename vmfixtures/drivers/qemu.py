@@ -20,11 +20,15 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import select
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -44,6 +48,19 @@ QEMU = "qemu-system-x86_64"
 READY_LINE = r"vmfixtures: ready"
 SOCKETS = ("qmp", "qga", "console")
 PR_SET_PDEATHSIG = 1
+# QEMU processes this process spawned: polled so that a VM killed by someone
+# else (another CLI call) is reaped here instead of lingering as a zombie.
+_CHILDREN: dict[int, subprocess.Popen] = {}
+
+
+@dataclass
+class Boot:
+    """A QEMU that was launched and is on its way to the ready line."""
+
+    proc: subprocess.Popen
+    info: dict
+    console_offset: int
+    progress: Progress
 
 
 def _die_with_parent() -> None:
@@ -107,10 +124,11 @@ class QemuDriver:
             self._image = find(self.recipe) or build(self.recipe, quiet=self.quiet)
         return self._image
 
-    def accel(self) -> accel_mod.Accel:
-        if self._accel is None:
+    def accel(self, refresh: bool = False) -> accel_mod.Accel:
+        """The accelerator VMs use here (probed once per host boot, cached)."""
+        if self._accel is None or refresh:
             img = self.image()
-            self._accel = accel_mod.choose(img.kernel, img.initrd)
+            self._accel = accel_mod.choose(img.kernel, img.initrd, refresh=refresh)
         return self._accel
 
     # -- lifecycle -------------------------------------------------------
@@ -151,11 +169,46 @@ class QemuDriver:
                 raise
         return CreateResult(spec.name, "created", self.state(spec.name))
 
+    def create_many(self, specs: list[VMSpec], owner_pid: int | None = None) -> list[CreateResult | VmfError]:
+        """Create and start several VMs; they boot in parallel. A result or the error, per spec."""
+        results: list = []
+        booting = []
+        for spec in specs:  # launched from this thread: see _die_with_parent
+            try:
+                result = self.create(spec, start=False, owner_pid=owner_pid)
+                if result.status == "created":
+                    booting.append((spec.name, self.launch(spec.name)))
+                results.append(result)
+            except VmfError as exc:
+                results.append(exc)
+        with ThreadPoolExecutor(max_workers=max(1, len(booting))) as pool:
+            errors = dict(zip([n for n, _ in booting], pool.map(lambda b: self._wait_or_error(*b), booting)))
+        for i, r in enumerate(results):
+            if isinstance(r, CreateResult) and errors.get(r.name):
+                self.destroy(r.name)
+                results[i] = errors[r.name]
+            elif isinstance(r, CreateResult):
+                r.state = self.state(r.name)
+        return results
+
+    def _wait_or_error(self, name: str, boot: "Boot") -> VmfError | None:
+        try:
+            self.wait_ready(name, boot)
+            return None
+        except VmfError as exc:
+            return exc
+
     def start(self, name: str) -> Machine:
         """Boot the VM and wait for its ready line; already running is fine."""
-        meta = self._meta(name)
         if self.process(name):
             return self.machine(name)
+        return self.wait_ready(name, self.launch(name))
+
+    def launch(self, name: str) -> "Boot":
+        """Spawn QEMU for a stopped VM and return at once; ``wait_ready`` finishes the boot."""
+        meta = self._meta(name)
+        if self.process(name):
+            raise GuestError(f"VM '{name}' is already running")
         spec = VMSpec.from_dict(meta["spec"])
         img = Image(Path(meta["image_dir"]))
         if not img.disk.exists():
@@ -172,31 +225,42 @@ class QemuDriver:
         console_log = vm_dir / "console.log"
         offset = console_log.stat().st_size if console_log.exists() else 0
         cmd = self._command(name, spec, img, accel, listeners, console_log)
-        owned = bool(meta.get("owner"))
+        # Die with the owner only when the owner is this very process, and only when
+        # spawned from the main thread: PDEATHSIG fires when the forking *thread* exits.
+        owned = ((meta.get("owner") or {}).get("pid") == os.getpid()
+                 and threading.current_thread() is threading.main_thread())
         with open(vm_dir / "qemu.log", "ab") as log:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=vm_dir,
                                     pass_fds=[l.fileno() for l in listeners.values()], start_new_session=True,
                                     preexec_fn=_die_with_parent if owned else None)
+        _CHILDREN[proc.pid] = proc
         for l in listeners.values():
             l.close()  # QEMU holds its own copies now
-        pinfo = psutil.Process(proc.pid)
-        info = {"pid": proc.pid, "create_time": pinfo.create_time(), "accel": accel.name,
+        info = {"pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time(), "accel": accel.name,
                 "accel_reason": accel.reason, "started_at": time.time(), "cmdline": cmd}
         _write_json(run / "run.json", info)
+        return Boot(proc, info, offset, progress)
+
+    def wait_ready(self, name: str, boot: "Boot") -> Machine:
+        """Wait for the ready line of a launched VM; on failure kill it and say why."""
+        vm_dir = self.vm_dir(name)
+        run = vm_dir / "run"
+        info = boot.info
         try:
             with self._qmp(name) as qmp:
                 info["ssh_port"] = _forwarded_port(qmp.cmd("human-monitor-command", **{"command-line": "info usernet"}))
             _write_json(run / "run.json", info)
             m = self.machine(name)
-            m.console.wait_for(READY_LINE, offset, accel.scale(60), alive=lambda: proc.poll() is None)
+            m.console.wait_for(READY_LINE, boot.console_offset, self.accel().scale(60),
+                               alive=lambda: boot.proc.poll() is None)
         except BaseException as exc:
-            _kill(pinfo)
+            _kill(psutil.Process(boot.proc.pid) if boot.proc.poll() is None else None)
             shutil.rmtree(run, ignore_errors=True)
             if isinstance(exc, VmfError):
-                raise type(exc)(f"VM '{name}' failed to boot: {exc}\n  console log: {console_log}\n"
+                raise type(exc)(f"VM '{name}' failed to boot: {exc}\n  console log: {vm_dir / 'console.log'}\n"
                                 f"  qemu log: {vm_dir / 'qemu.log'}") from None
             raise
-        progress.step(f"ready in {progress.elapsed():.1f}s (ssh 127.0.0.1:{info['ssh_port']})")
+        boot.progress.step(f"ready in {boot.progress.elapsed():.1f}s (ssh 127.0.0.1:{info['ssh_port']})")
         return m
 
     def _command(self, name: str, spec: VMSpec, img: Image, accel, listeners: dict, console_log: Path) -> list[str]:
@@ -242,9 +306,10 @@ class QemuDriver:
             try:
                 with self._qmp(name) as qmp:
                     qmp.cmd("system_powerdown")
-                proc.wait(deadline)
-            except (GuestError, psutil.TimeoutExpired):
+                graceful = wait_exit(proc.pid, deadline)
+            except GuestError:
                 graceful = False
+            if not graceful:
                 _kill(proc)
         shutil.rmtree(self.vm_dir(name) / "run", ignore_errors=True)
         return StopResult(name, graceful, time.monotonic() - start)
@@ -264,7 +329,7 @@ class QemuDriver:
             _kill(proc)
         files = [str(p) for p in vm_dir.rglob("*")]
         shutil.rmtree(vm_dir, ignore_errors=True)
-        gone = proc is None or not proc.is_running()
+        gone = proc is None or not process_alive(proc.pid)
         leftovers = [str(vm_dir)] if vm_dir.exists() else []
         return DestroyProof(name, info["pid"] if info else None, gone, files, leftovers)
 
@@ -315,7 +380,21 @@ def our_qemu_processes(storage: Path | None = None) -> list[psutil.Process]:
     return found
 
 
+def process_alive(pid: int) -> bool:
+    """True while ``pid`` runs; a zombie counts as gone (and is reaped if it is our child)."""
+    child = _CHILDREN.get(pid)
+    if child is not None and child.poll() is not None:
+        del _CHILDREN[pid]
+        return False
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 def _live_process(pid: int, create_time: float) -> psutil.Process | None:
+    if not process_alive(pid):
+        return None
     try:
         proc = psutil.Process(pid)
         if abs(proc.create_time() - create_time) > 0.01 or proc.status() == psutil.STATUS_ZOMBIE:
@@ -325,15 +404,35 @@ def _live_process(pid: int, create_time: float) -> psutil.Process | None:
         return None
 
 
-def _kill(proc: psutil.Process, timeout: float = 10.0) -> None:
-    """SIGKILL and wait until the process is really gone (reaped if it is our child)."""
+def wait_exit(pid: int, timeout: float) -> bool:
+    """Block until ``pid`` terminates (zombie or reaped) or ``timeout``; True if it did.
+
+    A pidfd becomes readable when the process exits, whoever its parent is,
+    so this is an event wait, and it does not mistake a zombie for a survivor.
+    """
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        exited = bool(select.select([fd], [], [], timeout)[0])
+    finally:
+        os.close(fd)
+    if exited and pid in _CHILDREN:
+        _CHILDREN.pop(pid).wait()  # reap our own child
+    return exited
+
+
+def _kill(proc: psutil.Process | None, timeout: float = 10.0) -> None:
+    """SIGKILL and wait until the process has really terminated."""
+    if proc is None:
+        return
     try:
         proc.kill()
-        proc.wait(timeout)
     except psutil.NoSuchProcess:
-        pass
-    except psutil.TimeoutExpired:
-        raise Timeout(f"QEMU pid {proc.pid} survived SIGKILL for {timeout:.0f}s") from None
+        return
+    if not wait_exit(proc.pid, timeout):
+        raise Timeout(f"QEMU pid {proc.pid} survived SIGKILL for {timeout:.0f}s")
 
 
 def _listen(path: Path) -> socket.socket:

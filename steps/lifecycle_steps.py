@@ -1,0 +1,149 @@
+"""VM lifecycle: the operator acts through the CLI; facts are checked on the host and in the guest."""
+
+import psutil
+from behave import given, then, when
+
+from vmfixtures.drivers import VMState
+from vmfixtures.drivers.qemu import our_qemu_processes, process_alive
+from vmfixtures.spec import load_config
+
+ACTIONS = {"creates": "create", "starts": "start", "stops": "stop", "restarts": "restart", "destroys": "destroy"}
+
+
+def _names(text):
+    return [n.strip().strip('"') for n in text.replace(" or ", " and ").split(" and ")]
+
+
+def _remember_pids(context):
+    for name in context.driver.names():
+        info = context.driver.run_info(name)
+        if info:
+            context.pids[name] = info["pid"]
+
+
+@given('the VM "{name}" is running')
+@given('the VMs {names} are running')
+def step_vms_running(context, name=None, names=None):
+    specs = [load_config(context.project.config_path).vm(n) for n in ([name] if name else _names(names))]
+    for result in context.driver.create_many(specs, owner_pid=context.owner_pid):
+        assert not isinstance(result, Exception), f"expected the VM to boot, got: {result}"
+    _remember_pids(context)
+
+
+@given('the guest of "{name}" has saved the note "{note}"')
+def step_save_note(context, name, note):
+    context.driver.machine(name).succeed(f"echo '{note}' > /root/note.txt && sync")
+
+
+@when('the operator {action} the VM "{name}"')
+def step_operator_acts(context, action, name):
+    _remember_pids(context)
+    context.result = context.project.operator("vm", ACTIONS[action], name, *(
+        ["-c", str(context.project.config_path)] if ACTIONS[action] in ("create", "destroy") else []))
+
+
+@when("the operator {action} all VMs in the config")
+def step_operator_acts_all(context, action):
+    _remember_pids(context)
+    context.result = context.project.operator("vm", ACTIONS[action], "--all", "-c", str(context.project.config_path))
+
+
+@then('the VM "{name}" is running')
+@then('the VMs {names} are running')
+def step_is_running(context, name=None, names=None):
+    for n in [name] if name else _names(names):
+        state = context.driver.state(n)
+        assert state == VMState.RUNNING, f"expected VM '{n}' running, it is {state.value}; {getattr(context, 'result', None) and context.result.describe()}"
+
+
+@then('the guest of "{name}" answers a command')
+def step_guest_answers(context, name):
+    hostname = context.driver.machine(name).succeed("cat /proc/sys/kernel/hostname").strip()
+    assert hostname == name, f"expected the guest to report hostname '{name}', it said '{hostname}'"
+
+
+@then('the VM "{name}" runs on the accelerator this machine supports')
+def step_accelerator(context, name):
+    expected = context.driver.accel().name
+    cmdline = " ".join(context.driver.run_info(name)["cmdline"])
+    assert f"accel={expected}" in cmdline, f"expected QEMU started with accel={expected}, cmdline: {cmdline}"
+    assert psutil.Process(context.driver.run_info(name)["pid"]).cmdline() == context.driver.run_info(name)["cmdline"]
+
+
+@then('the VM "{name}" is stopped')
+def step_is_stopped(context, name):
+    state = context.driver.state(name)
+    assert state == VMState.STOPPED, f"expected VM '{name}' stopped, it is {state.value}; {context.result.describe()}"
+
+
+@then('no QEMU process remains for "{name}"')
+def step_no_process(context, name):
+    pid = context.pids.get(name)
+    assert pid and not process_alive(pid), f"expected QEMU pid {pid} of '{name}' gone, it still runs"
+    ours = [p.cmdline() for p in our_qemu_processes(context.driver.storage) if f"guest=vmfx-{name}," in " ".join(p.cmdline())]
+    assert not ours, f"expected no QEMU process for '{name}', found {ours}"
+
+
+@then("the guest powered off on its own, without being forced")
+def step_graceful(context):
+    assert "powered off" in context.result.stdout, f"expected a graceful power-off; {context.result.describe()}"
+    name = context.result.argv[2]
+    log = (context.driver.vm_dir(name) / "console.log").read_text(errors="replace")
+    assert "vmfixtures: power off" in log, f"expected the guest's shutdown line on the console; tail: {log[-300:]!r}"
+
+
+@then('the guest of "{name}" still has the note "{note}"')
+def step_note_kept(context, name, note):
+    text = context.driver.machine(name).read_file("/root/note.txt").decode().strip()
+    assert text == note, f"expected the note '{note}' after the restart, found '{text}'"
+
+
+@then('the VM "{name}" no longer exists')
+@then('the VMs {names} no longer exist')
+@then('the VM "{name}" does not exist')
+def step_missing(context, name=None, names=None):
+    for n in [name] if name else _names(names):
+        assert context.driver.state(n) == VMState.MISSING, f"expected no VM '{n}', it is {context.driver.state(n).value}"
+
+
+@then('no QEMU process or disk file remains for {names}')
+def step_nothing_left(context, names):
+    for n in _names(names):
+        step_no_process(context, n)
+        vm_dir = context.driver.vm_dir(n)
+        assert not vm_dir.exists(), f"expected the folder of '{n}' removed, it holds {[p.name for p in vm_dir.rglob('*')]}"
+
+
+@then('the operator is told that "{name}" already exists')
+def step_told_exists(context, name):
+    r = context.result
+    assert r.exit_code == 0 and f"VM '{name}' already exists" in r.stdout, f"expected 'already exists' and success; {r.describe()}"
+
+
+@then('the VM "{name}" is still the same running VM')
+def step_same_vm(context, name):
+    info = context.driver.run_info(name)
+    assert info and info["pid"] == context.pids[name], f"expected QEMU pid {context.pids[name]} untouched, now {info}"
+    assert context.driver.state(name) == VMState.RUNNING, f"expected '{name}' still running"
+
+
+@then("the operator is told of a mismatch:")
+def step_told_mismatch(context):
+    r = context.result
+    assert r.exit_code == 4, f"expected exit code 4 (mismatch); {r.describe()}"
+    for row in context.table:
+        line = f"{row['field']}: existing {row['existing']}, requested {row['requested']}"
+        assert line in r.stderr, f"expected the mismatch line '{line}'; {r.describe()}"
+
+
+@then('the command fails with a config error at line {line:d} of the config for "{field}"')
+def step_config_error(context, line, field):
+    r = context.result
+    expected = f"{context.project.config_path}:{line}: {field}:"
+    assert r.exit_code == 2 and expected in r.stderr, f"expected exit code 2 and '{expected}'; {r.describe()}"
+
+
+@then('the command fails because no VM named "{name}" exists')
+def step_no_such_vm(context, name):
+    r = context.result
+    assert r.exit_code == 3 and f"no VM named '{name}'" in r.stderr, f"expected exit code 3 naming '{name}'; {r.describe()}"

@@ -1,0 +1,46 @@
+"""What this host can do, so the spec can skip with a reason instead of failing."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+
+
+@dataclass
+class Capability:
+    available: bool
+    reason: str = ""
+
+
+def probe_qemu() -> Capability:
+    missing = [t for t in ("qemu-system-x86_64", "qemu-img") if shutil.which(t) is None]
+    if missing:
+        return Capability(False, f"QEMU is not installed ({', '.join(missing)} not found; "
+                                 "install qemu-system-x86 and qemu-utils)")
+    return Capability(True)
+
+
+def probe_multipass() -> Capability:
+    if shutil.which("multipass") is None:
+        return Capability(False, "Multipass is not installed (it ships as a snap, which this host cannot run)")
+    return Capability(True)
+
+
+def probe_libvirt() -> Capability:
+    if shutil.which("virsh") is None:
+        return Capability(False, "libvirt is not installed (virsh not found)")
+    return Capability(True)
+
+
+PROBES = {"qemu": probe_qemu, "multipass": probe_multipass, "libvirt": probe_libvirt}
+
+
+def probe(name: str, accel_name: str | None = None) -> Capability:
+    """Probe ``name`` (qemu, kvm, libvirt, multipass); ``kvm`` needs the accelerator in use."""
+    if name == "kvm":
+        if accel_name == "kvm":
+            return Capability(True)
+        return Capability(False, "KVM is not usable here (a KVM probe boot did not finish; VMs run under TCG)")
+    if name not in PROBES:
+        return Capability(False, f"unknown capability '{name}'")
+    return PROBES[name]()

@@ -1,0 +1,109 @@
+"""A spec run's scope: one folder that holds every VM the run starts.
+
+The run records its pid (and start time) in ``owner.json``. VMs it boots
+itself die with it (PR_SET_PDEATHSIG); VMs booted through the CLI on its
+behalf carry it as owner. Whatever survives a run killed with SIGKILL is
+reaped by the next run's ``start`` (or `vmfixtures gc`), because its owner
+is provably gone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from . import paths
+from .drivers.qemu import QemuDriver, _kill, _live_process, our_qemu_processes
+
+
+@dataclass
+class Leftovers:
+    """What a scope found still alive or on disk after destroying everything."""
+
+    processes: list[int] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.processes or self.files)
+
+    def __str__(self) -> str:
+        return f"QEMU pids {self.processes}, files {self.files}"
+
+
+class RunScope:
+    """Owns the storage folder of one test run."""
+
+    def __init__(self, root: Path | None = None, quiet: bool = True):
+        self.root = Path(root) if root else paths.state_dir() / "spec-runs"
+        self.id = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        self.dir = self.root / self.id
+        self.quiet = quiet
+
+    @property
+    def storage(self) -> Path:
+        return self.dir / "vms"
+
+    def driver(self) -> QemuDriver:
+        return QemuDriver(storage=self.storage, quiet=self.quiet)
+
+    def start(self) -> list[str]:
+        """Reap what dead runs left behind, then claim a fresh folder. Returns what was reaped."""
+        reaped = self.reap_stale()
+        self.storage.mkdir(parents=True)
+        me = psutil.Process()
+        (self.dir / "owner.json").write_text(json.dumps({"pid": me.pid, "create_time": me.create_time()}))
+        return reaped
+
+    def reap_stale(self) -> list[str]:
+        reaped: list[str] = []
+        if not self.root.is_dir():
+            return reaped
+        for run in sorted(self.root.iterdir()):
+            try:
+                owner = json.loads((run / "owner.json").read_text())
+                alive = _live_process(owner["pid"], owner["create_time"]) is not None
+            except (OSError, ValueError, KeyError):
+                alive = False  # no readable owner: a run that died while starting
+            if alive or run == self.dir:
+                continue
+            leftovers = RunScope._destroy_all(run / "vms", quiet=self.quiet)
+            shutil.rmtree(run, ignore_errors=True)
+            reaped.append(f"run {run.name}: {len(leftovers)} VM(s) destroyed")
+        return reaped
+
+    def destroy_vms(self) -> Leftovers:
+        """Destroy every VM of this run; report anything that survived."""
+        RunScope._destroy_all(self.storage, quiet=self.quiet)
+        return self.leftovers()
+
+    def leftovers(self) -> Leftovers:
+        procs = [p.pid for p in our_qemu_processes(self.storage)]
+        files = [str(p) for p in self.storage.rglob("*")] if self.storage.exists() else []
+        return Leftovers(procs, files)
+
+    def finish(self) -> Leftovers:
+        """Destroy everything and remove the run's folder. Idempotent."""
+        leftovers = self.destroy_vms()
+        if not leftovers:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        return leftovers
+
+    @staticmethod
+    def _destroy_all(storage: Path, quiet: bool = True) -> list[str]:
+        if not storage.is_dir():
+            return []
+        driver = QemuDriver(storage=storage, quiet=quiet)
+        names = driver.names()
+        for name in names:
+            driver.destroy(name)
+        for proc in our_qemu_processes(storage):  # QEMU whose folder is already gone
+            _kill(proc)
+        for stray in storage.iterdir():  # folders of VMs that never got a vm.json
+            shutil.rmtree(stray, ignore_errors=True)
+        return names
