@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 
 from . import paths
-from .drivers.qemu import QemuDriver, _kill, _live_process, our_qemu_processes
+from .drivers.qemu import QemuDriver, _kill, _live_process, clear_run_dir, our_qemu_processes, run_dirs_of
 
 
 @dataclass
@@ -85,7 +85,7 @@ class RunScope:
     def leftovers(self) -> Leftovers:
         procs = [p.pid for p in our_qemu_processes(self.storage)]
         files = [str(p) for p in self.storage.rglob("*")] if self.storage.exists() else []
-        return Leftovers(procs, files)
+        return Leftovers(procs, files + [str(d) for d in run_dirs_of(self.storage)])
 
     def finish(self) -> Leftovers:
         """Destroy everything and remove the run's folder. Idempotent."""
@@ -105,5 +105,8 @@ class RunScope:
         for proc in our_qemu_processes(storage):  # QEMU whose folder is already gone
             _kill(proc)
         for stray in storage.iterdir():  # folders of VMs that never got a vm.json
+            clear_run_dir(stray)
             shutil.rmtree(stray, ignore_errors=True)
+        for run_dir in run_dirs_of(storage):  # socket folders whose VM folder is gone
+            shutil.rmtree(run_dir, ignore_errors=True)
         return names

@@ -151,7 +151,9 @@ def load_config(path: str | Path) -> Config:
         if key not in TOP_LEVEL:
             raise ConfigError(f"{path}:{lines.line(key)}: {key}: unknown section "
                               f"(allowed: {', '.join(sorted(TOP_LEVEL))})")
-    vms_raw = data.get("vms") or {}
+    vms_raw = data.get("vms")
+    if vms_raw is None:
+        vms_raw = {}
     if not isinstance(vms_raw, dict):
         raise ConfigError(f"{path}:{lines.line('vms')}: vms: expected a mapping of VM name to settings")
     config = Config(path=path, raw=data)

@@ -18,6 +18,7 @@ ours from anyone else's.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
 import os
 import select
@@ -215,9 +216,8 @@ class QemuDriver:
             raise NotFound(f"VM '{name}' was created from image {meta['image']}, which is no longer cached "
                            f"({img.dir}); destroy and re-create the VM")
         vm_dir = self.vm_dir(name)
-        run = vm_dir / "run"
-        shutil.rmtree(run, ignore_errors=True)  # sockets of a VM that died uncleanly
-        run.mkdir()
+        clear_run_dir(vm_dir)  # sockets of a VM that died uncleanly
+        run = make_run_dir(vm_dir)
         accel = self.accel()
         progress = Progress(f"vm {name}", self.quiet)
         progress.step(f"booting ({accel.name}, {spec.cpus} cpu, {spec.memory // 1024**2} MiB)")
@@ -255,7 +255,7 @@ class QemuDriver:
                                alive=lambda: boot.proc.poll() is None)
         except BaseException as exc:
             _kill(psutil.Process(boot.proc.pid) if boot.proc.poll() is None else None)
-            shutil.rmtree(run, ignore_errors=True)
+            clear_run_dir(vm_dir)
             if isinstance(exc, VmfError):
                 raise type(exc)(f"VM '{name}' failed to boot: {exc}\n  console log: {vm_dir / 'console.log'}\n"
                                 f"  qemu log: {vm_dir / 'qemu.log'}") from None
@@ -288,7 +288,7 @@ class QemuDriver:
         return cmd
 
     def _qmp(self, name: str) -> QEMUMonitorProtocol:
-        qmp = QEMUMonitorProtocol(str(self.vm_dir(name) / "run" / "qmp.sock"))
+        qmp = QEMUMonitorProtocol(str((self.vm_dir(name) / "run").resolve() / "qmp.sock"))
         try:
             qmp.connect()
         except (OSError, Exception) as exc:  # qemu.qmp raises its own ConnectError types
@@ -311,7 +311,7 @@ class QemuDriver:
                 graceful = False
             if not graceful:
                 _kill(proc)
-        shutil.rmtree(self.vm_dir(name) / "run", ignore_errors=True)
+        clear_run_dir(self.vm_dir(name))
         return StopResult(name, graceful, time.monotonic() - start)
 
     def restart(self, name: str) -> Machine:
@@ -328,6 +328,7 @@ class QemuDriver:
         if proc:
             _kill(proc)
         files = [str(p) for p in vm_dir.rglob("*")]
+        clear_run_dir(vm_dir)
         shutil.rmtree(vm_dir, ignore_errors=True)
         gone = proc is None or not process_alive(proc.pid)
         leftovers = [str(vm_dir)] if vm_dir.exists() else []
@@ -335,11 +336,11 @@ class QemuDriver:
 
     def machine(self, name: str) -> Machine:
         """A handle to talk to the running VM (guest agent, SSH, console)."""
+        meta = self._meta(name)
         info = self.run_info(name)
         if not info or not self.process(name):
             raise GuestError(f"VM '{name}' is not running (start it with `vmfixtures vm start {name}`)")
-        meta = self._meta(name)
-        run = self.vm_dir(name) / "run"
+        run = (self.vm_dir(name) / "run").resolve()  # the short path: socket paths are length-limited
         return Machine(name=name, run_dir=run, console_log=self.vm_dir(name) / "console.log",
                        ssh_port=info.get("ssh_port"), host_key=Image(Path(meta["image_dir"])).host_key,
                        key_path=keys.ensure_keypair(), accel=info["accel"])
@@ -433,6 +434,52 @@ def _kill(proc: psutil.Process | None, timeout: float = 10.0) -> None:
         return
     if not wait_exit(proc.pid, timeout):
         raise Timeout(f"QEMU pid {proc.pid} survived SIGKILL for {timeout:.0f}s")
+
+
+def runtime_root() -> Path:
+    """Short, private folder for sockets: Unix socket paths are limited to 107 bytes."""
+    base = os.environ.get("XDG_RUNTIME_DIR") or "/tmp"
+    return Path(base) / f"vmfx-{os.getuid()}"
+
+
+def make_run_dir(vm_dir: Path) -> Path:
+    """Create the VM's socket folder under ``runtime_root`` and link it as ``vm_dir/run``."""
+    root = runtime_root()
+    root.mkdir(mode=0o700, exist_ok=True)
+    st = root.stat()
+    if st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise VmfError(f"{root} must belong to uid {os.getuid()} with mode 0700 (it holds VM sockets)")
+    target = root / hashlib.sha256(str(vm_dir.resolve()).encode()).hexdigest()[:16]
+    target.mkdir(mode=0o700)
+    (target / "vm_dir").write_text(str(vm_dir.resolve()))
+    (vm_dir / "run").symlink_to(target)
+    return target
+
+
+def clear_run_dir(vm_dir: Path) -> None:
+    """Remove the VM's socket folder and its link; fine if neither exists."""
+    link = vm_dir / "run"
+    if link.is_symlink():
+        shutil.rmtree(os.readlink(link), ignore_errors=True)
+        link.unlink()
+    elif link.exists():
+        shutil.rmtree(link, ignore_errors=True)
+
+
+def run_dirs_of(storage: Path) -> list[Path]:
+    """Socket folders that belong to VMs under ``storage`` (for leak checks)."""
+    root = runtime_root()
+    if not root.is_dir():
+        return []
+    prefix = str(Path(storage).resolve())
+    found = []
+    for d in root.iterdir():
+        try:
+            if (d / "vm_dir").read_text().startswith(prefix):
+                found.append(d)
+        except OSError:
+            continue
+    return found
 
 
 def _listen(path: Path) -> socket.socket:

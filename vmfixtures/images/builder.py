@@ -241,6 +241,8 @@ def _customize(recipe: Recipe, rootfs: Path) -> None:
     if init.exists() or init.is_symlink():
         init.unlink()
     init.symlink_to("/bin/busybox")
+    for applet in ("acpid",):  # run under their own names, so killall/pgrep find them
+        (rootfs / "usr/local/sbin" / applet).symlink_to("/bin/busybox")
     for stale in (rootfs / "boot").glob("initrd.img-*"):
         stale.unlink()  # tiny-initramfs' generic one; ours is built below
 

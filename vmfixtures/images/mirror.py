@@ -42,8 +42,9 @@ def _one_line_entries(text: str):
                 yield [parts[1]], [parts[2]]
 
 
-def host_mirror(suite: str, apt_dir: Path = APT_DIR) -> str | None:
+def host_mirror(suite: str, apt_dir: Path | None = None) -> str | None:
     """The first host mirror serving ``suite`` (else any main archive), or None."""
+    apt_dir = apt_dir or APT_DIR
     entries = []
     for path in sorted((apt_dir / "sources.list.d").glob("*.sources")):
         entries += _deb822_entries(path.read_text(errors="replace"))

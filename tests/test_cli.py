@@ -1,0 +1,54 @@
+"""The CLI's contract: one-line errors, documented exit codes, no change on bad input."""
+
+import subprocess
+import sys
+
+import pytest
+
+
+def run(tmp_path, *argv):
+    env = {"VMFIXTURES_STATE_DIR": str(tmp_path / "state"), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    return subprocess.run([sys.executable, "-m", "vmfixtures", *argv], cwd=tmp_path, env=env,
+                          capture_output=True, text=True)
+
+
+def test_help_lists_commands_and_exit_codes(tmp_path):
+    r = run(tmp_path, "--help")
+    assert r.returncode == 0
+    for word in ("image", "vm", "ssh", "console", "gc", "exit codes", "another spec"):
+        assert word in r.stdout
+
+
+@pytest.mark.parametrize("argv", [["vm", "start", "ghost"], ["vm", "stop", "ghost"], ["vm", "destroy", "ghost"],
+                                  ["vm", "exec", "ghost", "--", "true"], ["console", "ghost"]])
+def test_unknown_vm_exits_3_naming_it(tmp_path, argv):
+    r = run(tmp_path, *argv)
+    assert r.returncode == 3, r.stderr
+    assert r.stderr.startswith("vmfixtures: error: ") and "no VM named 'ghost'" in r.stderr
+    assert r.stderr.count("\n") == 1, "one line, no traceback"
+
+
+def test_bad_config_exits_2_and_creates_nothing(tmp_path):
+    (tmp_path / "vmfixtures.yaml").write_text("vms:\n  web:\n    cpus: 2\n    memory: 12 parsecs\n")
+    r = run(tmp_path, "vm", "create", "web")
+    assert r.returncode == 2
+    assert f"{tmp_path / 'vmfixtures.yaml'}:4: vms.web.memory" in r.stderr
+    assert not (tmp_path / "state" / "vms" / "web").exists()
+
+
+def test_create_without_name_or_all(tmp_path):
+    (tmp_path / "vmfixtures.yaml").write_text("vms:\n  web: {}\n")
+    r = run(tmp_path, "vm", "create")
+    assert r.returncode == 2 and "name a VM or pass --all" in r.stderr
+
+
+def test_create_unknown_name_creates_nothing(tmp_path):
+    (tmp_path / "vmfixtures.yaml").write_text("vms:\n  web: {}\n")
+    r = run(tmp_path, "vm", "create", "db")
+    assert r.returncode == 2 and "no VM named 'db' under 'vms' (defined: web)" in r.stderr
+    assert not (tmp_path / "state" / "vms").exists() or not any((tmp_path / "state" / "vms").iterdir())
+
+
+def test_list_on_empty_storage(tmp_path):
+    r = run(tmp_path, "vm", "list", "--json")
+    assert r.returncode == 0 and r.stdout.strip() == "[]"

@@ -1,0 +1,94 @@
+"""The QEMU driver against real QEMU: what it promises about processes and files."""
+
+import os
+import subprocess
+
+import psutil
+import pytest
+
+from vmfixtures.drivers import VMState
+from vmfixtures.drivers import accel as accel_mod
+from vmfixtures.drivers import qemu
+from vmfixtures.errors import GuestError, Mismatch, MissingDependency, NotFound, Timeout
+from vmfixtures.spec import VMSpec
+
+pytestmark = pytest.mark.vm
+
+
+def test_mismatch_leaves_the_running_vm_untouched(driver):
+    driver.create(VMSpec("web"))
+    pid = driver.run_info("web")["pid"]
+    with pytest.raises(Mismatch) as exc:
+        driver.create(VMSpec("web", cpus=2, disk=3 * 1024**3))
+    assert "cpus: existing 1, requested 2" in str(exc.value)
+    assert "disk: existing 2G, requested 3G" in str(exc.value)
+    assert driver.run_info("web")["pid"] == pid and driver.state("web") == VMState.RUNNING
+    assert driver.spec("web") == VMSpec("web")
+    assert driver.create(VMSpec("web")).status == "exists"
+
+
+def test_destroy_proves_process_and_files_gone(driver):
+    driver.create(VMSpec("web"))
+    vm_dir, pid = driver.vm_dir("web"), driver.run_info("web")["pid"]
+    sockets = (vm_dir / "run").resolve()
+    proof = driver.destroy("web")
+    assert proof.complete and proof.pid == pid and not qemu.process_alive(pid)
+    assert any(f.endswith("disk.qcow2") for f in proof.removed)
+    assert not vm_dir.exists() and not sockets.exists()
+    with pytest.raises(NotFound):
+        driver.destroy("web")
+
+
+def test_guest_that_ignores_acpi_is_forced_off(driver):
+    m = driver.create(VMSpec("web")) and driver.machine("web")
+    m.succeed("busybox killall acpid")  # nothing listens to the power button any more
+    result = driver.stop("web", timeout=2)
+    assert not result.graceful and driver.state("web") == VMState.STOPPED
+    assert not qemu.our_qemu_processes(driver.storage)
+
+
+def test_guest_files_and_exit_codes(driver):
+    driver.create(VMSpec("web"))
+    m = driver.machine("web")
+    m.write_file("/root/data.bin", bytes(range(256)) * 1000)
+    assert m.read_file("/root/data.bin") == bytes(range(256)) * 1000
+    r = m.execute("echo out; echo err >&2; exit 3")
+    assert (r.exit_code, r.stdout, r.stderr) == (3, "out\n", "err\n")
+    with pytest.raises(GuestError, match="exited 3"):
+        m.succeed("exit 3")
+    assert m.ssh.run("hostname").stdout.strip() == "web"
+
+
+def test_failed_boot_leaves_nothing(driver, monkeypatch):
+    driver.accel()
+    monkeypatch.setattr(driver._accel, "scale", lambda base: 0.5)  # no guest is ready in half a second
+    with pytest.raises(Timeout, match="failed to boot"):
+        driver.create(VMSpec("web"))
+    assert driver.state("web") == VMState.MISSING and not driver.vm_dir("web").exists()
+    assert not qemu.our_qemu_processes(driver.storage) and not qemu.run_dirs_of(driver.storage)
+
+
+def test_sweep_reaps_vms_of_dead_owners_and_orphan_qemu(driver):
+    owner = subprocess.Popen(["sleep", "60"])
+    driver.create(VMSpec("web"), owner_pid=owner.pid)
+    pid = driver.run_info("web")["pid"]
+    driver.create(VMSpec("db"))
+    orphan_pid = driver.run_info("db")["pid"]
+    (driver.vm_dir("db") / "run" / "run.json").unlink()  # the ledger forgets this QEMU
+    owner.kill()
+    owner.wait()
+    reclaimed = driver.sweep()
+    assert any("vm web" in r for r in reclaimed) and any(f"orphan QEMU pid {orphan_pid}" in r for r in reclaimed)
+    assert not qemu.process_alive(pid) and not qemu.process_alive(orphan_pid)
+    assert driver.state("web") == VMState.MISSING
+
+
+def test_accelerator_choice_is_explained(driver, monkeypatch):
+    img = driver.image()
+    forced = accel_mod._probe(img.kernel, img.initrd, "tcg")
+    assert forced.name == "tcg" and "forced" in forced.reason and forced.probe_seconds > 0
+    with pytest.raises(MissingDependency, match="use 'kvm' or 'tcg'"):
+        accel_mod._probe(img.kernel, img.initrd, "hvf")
+    chosen = driver.accel()
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        assert chosen.name == "tcg" and "/dev/kvm" in chosen.reason
