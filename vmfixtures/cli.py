@@ -12,7 +12,8 @@ import os
 import sys
 from pathlib import Path
 
-from . import errors, images
+from . import errors, images, paths
+from .client import Client, Heartbeat, start_daemon
 from .drivers import get_driver
 from .drivers.qemu import QemuDriver
 from .spec import load_config
@@ -39,6 +40,18 @@ def _config_names(args, config) -> list[str]:
     if not args.name:
         raise errors.ConfigError("name a VM or pass --all")
     return [args.name]
+
+
+def _remote() -> Client | None:
+    """The running daemon's client, unless VMFIXTURES_DAEMON=off or none answers."""
+    if os.environ.get("VMFIXTURES_DAEMON", "").lower() in ("off", "0", "no"):
+        return None
+    client = Client()
+    return client if client.alive() else None
+
+
+def _storage(args) -> Path:
+    return Path(args.storage or paths.vms_dir()).absolute()
 
 
 def _owner() -> int | None:
@@ -75,6 +88,9 @@ def cmd_vm_create(args) -> int:
     config = load_config(args.config)
     names = _config_names(args, config)
     specs = [config.vm(n) for n in names]  # every name is checked before anything is created
+    client = _remote()
+    if client:
+        return _create_remote(client, _storage(args), specs)
     failed = None
     for result in _driver(args).create_many(specs, _owner()):
         if isinstance(result, errors.VmfError):
@@ -85,20 +101,56 @@ def cmd_vm_create(args) -> int:
     return failed.exit_code if failed else 0
 
 
+def _create_remote(client: Client, storage: Path, specs) -> int:
+    lease = os.environ.get("VMFIXTURES_LEASE")
+    def one(spec):
+        try:
+            return spec.name, client.create(storage, spec.to_dict(), lease)
+        except errors.VmfError as exc:
+            return spec.name, exc
+    failed = None
+    with ThreadPoolExecutor(max_workers=max(1, len(specs))) as pool:
+        for name, r in pool.map(one, specs):
+            if isinstance(r, errors.VmfError):
+                failed = failed or r
+                print(f"vmfixtures: error: {r}", file=sys.stderr)
+            elif r["status"] == "exists":
+                print(f"VM '{name}' already exists ({r['state']}) with the same spec; nothing to do")
+            else:
+                print(f"VM '{name}' created ({r['state']}, from {r['source']})")
+    return failed.exit_code if failed else 0
+
+
 def cmd_vm_start(args) -> int:
+    client = _remote()
+    if client:
+        r = client.vm("start", _storage(args), name=args.name)
+        print(f"VM '{args.name}' running ({r['accel']}, ssh 127.0.0.1:{r['ssh_port']})")
+        return 0
     m = _driver(args).start(args.name)
     print(f"VM '{args.name}' running ({m.accel}, ssh 127.0.0.1:{m.ssh_port})")
     return 0
 
 
 def cmd_vm_stop(args) -> int:
-    r = _driver(args).stop(args.name, timeout=args.timeout)
-    how = "powered off" if r.graceful else "forced off after the ACPI deadline"
-    print(f"VM '{args.name}' stopped ({how}, {r.seconds:.1f}s)")
+    client = _remote()
+    if client:
+        r = client.vm("stop", _storage(args), name=args.name, timeout=args.timeout)
+        graceful, seconds = r["graceful"], r["seconds"]
+    else:
+        result = _driver(args).stop(args.name, timeout=args.timeout)
+        graceful, seconds = result.graceful, result.seconds
+    how = "powered off" if graceful else "forced off after the ACPI deadline"
+    print(f"VM '{args.name}' stopped ({how}, {seconds:.1f}s)")
     return 0
 
 
 def cmd_vm_restart(args) -> int:
+    client = _remote()
+    if client:
+        r = client.vm("restart", _storage(args), name=args.name)
+        print(f"VM '{args.name}' restarted ({r['accel']}, ssh 127.0.0.1:{r['ssh_port']})")
+        return 0
     m = _driver(args).restart(args.name)
     print(f"VM '{args.name}' restarted ({m.accel}, ssh 127.0.0.1:{m.ssh_port})")
     return 0
@@ -113,13 +165,17 @@ def cmd_vm_destroy(args) -> int:
         if not args.name:
             raise errors.ConfigError("name a VM or pass --all")
         names = [args.name]
+    client = _remote()
     for name in names:
-        proof = driver.destroy(name)
-        if not proof.complete:
-            raise errors.VmfError(f"VM '{name}' not fully destroyed: process gone={proof.process_gone}, "
-                                  f"left: {proof.leftovers}")
-        pid = f"pid {proof.pid} gone, " if proof.pid else ""
-        print(f"VM '{name}' destroyed ({pid}{len(proof.removed)} files removed)")
+        if client:
+            r = client.vm("destroy", _storage(args), name=name)
+            pid, gone, removed, leftovers = r["pid"], r["process_gone"], r["removed"], r.get("leftovers", [])
+        else:
+            proof = driver.destroy(name)
+            pid, gone, removed, leftovers = proof.pid, proof.process_gone, len(proof.removed), proof.leftovers
+        if not gone or leftovers:
+            raise errors.VmfError(f"VM '{name}' not fully destroyed: process gone={gone}, left: {leftovers}")
+        print(f"VM '{name}' destroyed ({f'pid {pid} gone, ' if pid else ''}{removed} files removed)")
     if args.all and not names:
         print("no VM of the config exists; nothing to destroy")
     return 0
@@ -167,12 +223,111 @@ def cmd_console(args) -> int:
 
 
 def cmd_gc(args) -> int:
-    reclaimed = _driver(args).sweep()
+    client = _remote()
+    reclaimed = (client.gc() if client else []) + _driver(args).sweep()
     for line in reclaimed:
         print(f"reclaimed {line}")
     if not reclaimed:
         print("nothing to reclaim")
     return 0
+
+
+def cmd_daemon_run(args) -> int:
+    from .daemon.server import run_foreground
+
+    return run_foreground(paths.daemon_home(), paths.daemon_socket(), args.idle, args.max_idle, args.reap_interval,
+                          args.ready_fd)
+
+
+def cmd_daemon_start(args) -> int:
+    client = Client()
+    health = client.alive()
+    if health:
+        print(f"daemon already running (pid {health['pid']}) on {client.socket_path}")
+        return 0
+    info = start_daemon(client.socket_path, ["--idle", str(args.idle), "--max-idle", str(args.max_idle),
+                                             "--reap-interval", str(args.reap_interval)])
+    print(f"daemon started (pid {info['pid']}) on {client.socket_path}; log {paths.daemon_home() / 'daemon.log'}")
+    for line in info["reclaimed"]:
+        print(f"reclaimed {line}")
+    return 0
+
+
+def cmd_daemon_stop(args) -> int:
+    from .drivers.qemu import wait_exit
+
+    client = Client()
+    health = client.alive()
+    if not health:
+        print(f"no daemon running on {client.socket_path}")
+        return 0
+    client.shutdown()
+    if not wait_exit(health["pid"], 60.0):
+        raise errors.Timeout(f"daemon pid {health['pid']} did not exit within 60s")
+    print(f"daemon pid {health['pid']} stopped")
+    return 0
+
+
+def cmd_daemon_status(args) -> int:
+    client = Client()
+    health = client.alive()
+    if not health:
+        print(f"no daemon running on {client.socket_path}")
+        return 3
+    print(json.dumps(health, indent=2) if args.json else
+          f"daemon pid {health['pid']} on {health['socket']}: {health['leases']} active lease(s), "
+          f"{health['idle']} idle VM(s), up {health['uptime']:.0f}s")
+    return 0
+
+
+def cmd_ls(args) -> int:
+    client = Client()
+    if not client.alive():
+        raise errors.NotFound(f"no vmfixtures daemon on {client.socket_path} (start one with `vmfixtures daemon start`)")
+    leases = client.leases()
+    if args.json:
+        print(json.dumps({"leases": leases, "vms": client.vms()}, indent=2))
+        return 0
+    for lease in leases:
+        print(f"lease {lease['id']}  {lease['scope']:<9} owner pid {lease['owner_pid']}  "
+              f"{len(lease['vms'])} VM(s)")
+        for vm in lease["vms"]:
+            port = f"ssh 127.0.0.1:{vm['ssh_port']}" if vm.get("ssh_port") else ""
+            print(f"    {vm['name']:<20} {vm['state']:<8} from {vm['source'] or '?':<7} {port}  {vm['storage']}")
+    idle = [v for v in client.vms() if v["ledger_state"] == "pooled"]
+    print(f"{len(leases)} lease(s); {len(idle)} idle VM(s) in the warm pool")
+    return 0
+
+
+def cmd_lease_hold(args) -> int:
+    """Lease VMs of the config, print where they are, and keep them until interrupted."""
+    config = load_config(args.config)
+    names = _config_names(args, config)
+    client = Client()
+    if not client.alive():
+        raise errors.NotFound(f"no vmfixtures daemon on {client.socket_path} (start one with `vmfixtures daemon start`)")
+    lease = client.open_lease(scope="run", ttl=args.ttl, run_id=f"hold-{os.getpid()}")
+    beat = Heartbeat(client, f"hold-{os.getpid()}", args.ttl / 3).start()
+    try:
+        for name in names:
+            client.create(_storage(args), config.vm(name).to_dict(), lease["id"])
+        for vm in client.lease(lease["id"])["vms"]:
+            print(f"{vm['name']}: ssh 127.0.0.1:{vm['ssh_port']} (lease {lease['id']}, from {vm['source']})", flush=True)
+        signal_wait()
+    finally:
+        beat.stop()
+        client.end_lease(lease["id"])
+    return 0
+
+
+def signal_wait() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        signal.pause()
+    except KeyboardInterrupt:
+        pass
 
 
 def cmd_accel(args) -> int:
@@ -241,6 +396,32 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_console)
     g = sub.add_parser("gc", help="destroy VMs whose owning test run died; kill orphan QEMU processes of ours")
     g.set_defaults(func=cmd_gc)
+    dm = sub.add_parser("daemon", help="the fixture daemon: leases, warm pool, reaping").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    for verb, func, helptext in (("run", cmd_daemon_run, "run in the foreground"),
+                                 ("start", cmd_daemon_start, "start in the background and wait until it listens")):
+        d = dm.add_parser(verb, help=helptext)
+        d.add_argument("--idle", type=int, default=1, help="idle restored VMs kept per spec (default 1)")
+        d.add_argument("--max-idle", type=int, default=2, help="idle VMs in all (default 2, sized for 2 cores)")
+        d.add_argument("--reap-interval", type=float, default=1.0, help="seconds between reaper passes")
+        if verb == "run":
+            d.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+        d.set_defaults(func=func)
+    dm.add_parser("stop", help="drain the idle pool and stop").set_defaults(func=cmd_daemon_stop)
+    st = dm.add_parser("status", help="is a daemon running, and what it holds")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_daemon_status)
+    lsp = sub.add_parser("ls", help="the daemon's leases and VMs")
+    lsp.add_argument("--json", action="store_true")
+    lsp.set_defaults(func=cmd_ls)
+    le = sub.add_parser("lease", help="hold leased VMs").add_subparsers(dest="action", required=True, metavar="ACTION")
+    h = le.add_parser("hold", help="lease VMs of the config and keep them until Ctrl-C (or the TTL lapses)")
+    h.add_argument("name", nargs="?")
+    h.add_argument("--all", action="store_true")
+    h.add_argument("-c", "--config", default="vmfixtures.yaml")
+    h.add_argument("--ttl", type=float, default=30.0, help="seconds the daemon waits for a heartbeat (default 30)")
+    h.set_defaults(func=cmd_lease_hold)
+
     a = sub.add_parser("accel", help="show the accelerator in use (KVM probe with a deadline, else TCG)")
     a.add_argument("--refresh", action="store_true", help="probe again instead of using the cached result")
     a.set_defaults(func=cmd_accel)

@@ -35,3 +35,17 @@ def images_dir() -> Path:
 
 def vms_dir() -> Path:
     return state_dir() / "vms"
+
+
+def daemon_home() -> Path:
+    """The daemon's ledger, snapshots and idle pool."""
+    return state_dir() / "daemon"
+
+
+def daemon_socket() -> Path:
+    """The daemon's Unix socket ($VMFIXTURES_DAEMON_SOCKET overrides)."""
+    override = os.environ.get("VMFIXTURES_DAEMON_SOCKET")
+    if override:
+        return Path(override)
+    base = os.environ.get("XDG_RUNTIME_DIR") or "/tmp"
+    return Path(base) / f"vmfx-{os.getuid()}" / "daemon.sock"

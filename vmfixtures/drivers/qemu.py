@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import select
+import shlex
 import shutil
 import signal
 import socket
@@ -80,6 +81,8 @@ class QemuDriver:
         self.quiet = quiet
         self._image: Image | None = None
         self._accel: accel_mod.Accel | None = None
+        # One Machine per running QEMU: the guest agent serves one client at a time.
+        self._machines: dict[str, tuple[int, Machine]] = {}
 
     # -- lookups ---------------------------------------------------------
     def vm_dir(self, name: str) -> Path:
@@ -205,8 +208,10 @@ class QemuDriver:
             return self.machine(name)
         return self.wait_ready(name, self.launch(name))
 
-    def launch(self, name: str) -> "Boot":
-        """Spawn QEMU for a stopped VM and return at once; ``wait_ready`` finishes the boot."""
+    def launch(self, name: str, incoming: bool = False) -> "Boot":
+        """Spawn QEMU for a stopped VM and return at once; ``wait_ready`` finishes the boot.
+
+        ``incoming``: start paused, waiting for a memory snapshot (``wait_restored``)."""
         meta = self._meta(name)
         if self.process(name):
             raise GuestError(f"VM '{name}' is already running")
@@ -225,6 +230,8 @@ class QemuDriver:
         console_log = vm_dir / "console.log"
         offset = console_log.stat().st_size if console_log.exists() else 0
         cmd = self._command(name, spec, img, accel, listeners, console_log)
+        if incoming:
+            cmd += ["-S", "-incoming", "defer"]
         # Die with the owner only when the owner is this very process, and only when
         # spawned from the main thread: PDEATHSIG fires when the forking *thread* exits.
         owned = ((meta.get("owner") or {}).get("pid") == os.getpid()
@@ -300,6 +307,7 @@ class QemuDriver:
         self._meta(name)
         start = time.monotonic()
         proc = self.process(name)
+        self.release(name)
         graceful = True
         if proc:
             deadline = timeout if timeout is not None else self.accel().scale(20)
@@ -314,6 +322,93 @@ class QemuDriver:
         clear_run_dir(self.vm_dir(name))
         return StopResult(name, graceful, time.monotonic() - start)
 
+    # -- memory snapshots -------------------------------------------------
+    def snapshot(self, name: str, dest: Path) -> Path:
+        """Save a running VM's memory and freeze its disk into ``dest``; the VM is consumed.
+
+        ``dest`` then holds ``mem.state`` (QMP ``migrate`` to ``exec:cat``; QEMU 7.2
+        has no ``file:`` URI), ``disk.qcow2`` (never written again: restores
+        put an overlay on it) and ``snapshot.json``.
+        """
+        meta = self._meta(name)
+        proc = self.process(name)
+        if not proc:
+            raise GuestError(f"VM '{name}' is not running; only a running VM can be snapshotted")
+        dest.mkdir(parents=True)
+        deadline = self.accel().scale(60)
+        with self._qmp(name) as qmp:
+            qmp.cmd("migrate-set-capabilities", capabilities=[{"capability": "events", "state": True}])
+            qmp.cmd("stop")
+            qmp.cmd("migrate", uri=f"exec:cat > {shlex.quote(str(dest / 'mem.state'))}")
+            _wait_migration(qmp, deadline, f"snapshot of '{name}'")
+            qmp.cmd("quit")
+        if not wait_exit(proc.pid, 10.0):
+            _kill(proc)
+        os.rename(self.vm_dir(name) / "disk.qcow2", dest / "disk.qcow2")
+        os.chmod(dest / "disk.qcow2", 0o444)
+        _write_json(dest / "snapshot.json", {"spec": meta["spec"], "image": meta["image"],
+                                             "image_dir": meta["image_dir"], "created_at": time.time()})
+        clear_run_dir(self.vm_dir(name))
+        shutil.rmtree(self.vm_dir(name), ignore_errors=True)
+        return dest
+
+    def create_from_snapshot(self, spec: VMSpec, snapshot: Path, owner_pid: int | None = None) -> "Boot":
+        """Create VM ``spec.name`` from a snapshot and start restoring it; finish with ``wait_restored``."""
+        check_name(spec.name)
+        vm_dir = self.vm_dir(spec.name)
+        if vm_dir.exists():
+            raise Mismatch(f"VM '{spec.name}' already exists in {self.storage}")
+        snap = json.loads((snapshot / "snapshot.json").read_text())
+        vm_dir.mkdir(parents=True)
+        try:
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(snapshot / "disk.qcow2"),
+                            "-F", "qcow2", str(vm_dir / "disk.qcow2")], check=True, capture_output=True, text=True)
+            owner = None
+            if owner_pid:
+                owner = {"pid": owner_pid, "create_time": psutil.Process(owner_pid).create_time()}
+            _write_json(vm_dir / "vm.json", {"spec": spec.to_dict(), "image": snap["image"],
+                                             "image_dir": snap["image_dir"], "driver": self.name,
+                                             "created_at": time.time(), "owner": owner,
+                                             "snapshot": str(snapshot)})
+            return self.launch(spec.name, incoming=True)
+        except BaseException:
+            self.destroy(spec.name)
+            raise
+
+    def wait_restored(self, name: str, boot: "Boot") -> Machine:
+        """Load the memory snapshot into a launched VM, resume it, fix clock and hostname."""
+        snapshot = Path(self._meta(name)["snapshot"])
+        info = boot.info
+        try:
+            with self._qmp(name) as qmp:
+                qmp.cmd("migrate-set-capabilities", capabilities=[{"capability": "events", "state": True}])
+                qmp.cmd("migrate-incoming", uri=f"exec:cat {shlex.quote(str(snapshot / 'mem.state'))}")
+                _wait_migration(qmp, self.accel().scale(60), f"restore of '{name}'")
+                qmp.cmd("cont")
+                info["ssh_port"] = _forwarded_port(qmp.cmd("human-monitor-command", **{"command-line": "info usernet"}))
+            info["restored_from"] = str(snapshot)
+            _write_json(self.vm_dir(name) / "run" / "run.json", info)
+            m = self.machine(name)
+            self.personalize(m)
+        except BaseException as exc:
+            _kill(psutil.Process(boot.proc.pid) if boot.proc.poll() is None else None)
+            clear_run_dir(self.vm_dir(name))
+            if isinstance(exc, VmfError):
+                raise type(exc)(f"VM '{name}' failed to restore from {snapshot}: {exc}") from None
+            raise
+        boot.progress.step(f"restored in {boot.progress.elapsed():.2f}s (ssh 127.0.0.1:{info['ssh_port']})")
+        return m
+
+    def personalize(self, m: Machine, clock: bool = True) -> None:
+        """What must differ between VMs restored from one snapshot: the clock and the hostname.
+
+        The clock is stale right after a restore (it stopped with the snapshot);
+        qemu-ga's guest-set-time also runs hwclock in the guest (~0.5 s under TCG),
+        so a VM that idles after its restore is set once, not at every hand-off."""
+        if clock:
+            m.agent.set_time()
+        m.agent.write_file("/proc/sys/kernel/hostname", m.name.encode())
+
     def restart(self, name: str) -> Machine:
         self.stop(name)
         return self.start(name)
@@ -325,6 +420,7 @@ class QemuDriver:
             raise NotFound(f"no VM named '{name}' in {self.storage} (see `vmfixtures vm list`)")
         info = self.run_info(name)
         proc = self.process(name)
+        self.release(name)
         if proc:
             _kill(proc)
         files = [str(p) for p in vm_dir.rglob("*")]
@@ -340,10 +436,23 @@ class QemuDriver:
         info = self.run_info(name)
         if not info or not self.process(name):
             raise GuestError(f"VM '{name}' is not running (start it with `vmfixtures vm start {name}`)")
+        cached = self._machines.get(name)
+        if cached and cached[0] == info["pid"] and cached[1].ssh_port == info.get("ssh_port"):
+            return cached[1]
+        if cached:
+            cached[1].close()
         run = (self.vm_dir(name) / "run").resolve()  # the short path: socket paths are length-limited
-        return Machine(name=name, run_dir=run, console_log=self.vm_dir(name) / "console.log",
-                       ssh_port=info.get("ssh_port"), host_key=Image(Path(meta["image_dir"])).host_key,
-                       key_path=keys.ensure_keypair(), accel=info["accel"])
+        m = Machine(name=name, run_dir=run, console_log=self.vm_dir(name) / "console.log",
+                    ssh_port=info.get("ssh_port"), host_key=Image(Path(meta["image_dir"])).host_key,
+                    key_path=keys.ensure_keypair(), accel=info["accel"])
+        self._machines[name] = (info["pid"], m)
+        return m
+
+    def release(self, name: str) -> None:
+        """Close this driver's guest connections to ``name`` so another client can use them."""
+        cached = self._machines.pop(name, None)
+        if cached:
+            cached[1].close()
 
     # -- sweeping ----------------------------------------------------------
     def sweep(self, owned_only: bool = True) -> list[str]:
@@ -491,6 +600,25 @@ def _listen(path: Path) -> socket.socket:
     os.chmod(path, 0o600)
     s.listen(8)
     return s
+
+
+def _wait_migration(qmp: QEMUMonitorProtocol, timeout: float, what: str) -> None:
+    """Block on MIGRATION events until ``completed``; fail on ``failed``/``cancelled``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise Timeout(f"{what} did not complete within {timeout:.0f}s")
+        try:
+            event = qmp.pull_event(wait=float(remaining))
+        except TimeoutError:
+            continue
+        if event and event.get("event") == "MIGRATION":
+            status = event["data"]["status"]
+            if status == "completed":
+                return
+            if status in ("failed", "cancelled"):
+                raise GuestError(f"{what} {status}")
 
 
 def _forwarded_port(usernet: str) -> int:

@@ -70,7 +70,8 @@ class GuestAgent:
                 continue
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise Timeout(f"guest agent did not answer within the deadline ({self.socket_path})")
+                raise Timeout(f"guest agent did not answer within the deadline ({self.socket_path}; "
+                              "it serves one client at a time: is another one connected?)")
             self._sock.settimeout(remaining)
             try:
                 data = self._sock.recv(65536)

@@ -1,0 +1,215 @@
+"""The warm pool: one memory snapshot per VM spec, and restored VMs kept idle.
+
+Per spec (everything but the name): boot a template once, wait for ready,
+snapshot it (memory + frozen disk). A lease then gets, fastest first:
+
+1. ``pool``: an idle VM restored in advance; handing it off is a rename of
+   its folder into the requester's storage plus a new hostname and clock;
+2. ``restore``: a fresh overlay on the snapshot disk and an incoming
+   migration from the snapshot file (about a second under TCG);
+3. ``boot``: the template boot itself, once per spec and image.
+
+A snapshot's key covers the image (its recipe hash) and the spec, so a new
+image or another spec never restores a stale snapshot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from ..drivers.qemu import QemuDriver
+from ..errors import VmfError
+from ..spec import VMSpec
+from .ledger import Ledger
+
+
+@dataclass
+class Placed:
+    """Where a VM ended up and how it got there."""
+
+    storage: Path
+    name: str
+    vm_id: int
+    source: str  # pool | restore | boot
+
+
+def pool_key(spec: VMSpec, image_key: str) -> str:
+    body = json.dumps({"image": image_key, "cpus": spec.cpus, "memory": spec.memory, "disk": spec.disk,
+                       "image_name": spec.image}, sort_keys=True)
+    return hashlib.sha256(body.encode()).hexdigest()[:12]
+
+
+class Pool:
+    """Snapshots and idle restored VMs under ``home``; ``idle_per_spec`` kept ready per spec."""
+
+    def __init__(self, home: Path, ledger: Ledger, idle_per_spec: int = 1, max_idle: int = 2, quiet: bool = True):
+        self.home = Path(home)
+        self.ledger = ledger
+        self.idle_per_spec = idle_per_spec
+        self.max_idle = max_idle
+        self.driver = QemuDriver(storage=self.home / "pool", quiet=quiet)
+        self.snapshots = self.home / "snapshots"
+        self._lock = threading.Lock()
+        self._snap_locks: dict[str, threading.Lock] = {}
+        self._counter = 0
+        self.specs: dict[str, VMSpec] = {}  # specs seen, so refills know what to restore
+
+    def key(self, spec: VMSpec) -> str:
+        return pool_key(spec, self.driver.image().key)
+
+    # -- snapshots ---------------------------------------------------------
+    def snapshot_for(self, spec: VMSpec) -> tuple[Path, bool]:
+        """The snapshot for ``spec`` (and whether it had to be made now)."""
+        key = self.key(spec)
+        final = self.snapshots / key
+        with self._lock:
+            lock = self._snap_locks.setdefault(key, threading.Lock())
+        with lock:
+            if (final / "snapshot.json").is_file():
+                return final, False
+            name = f"tmpl-{key}"
+            template = VMSpec(name=name, cpus=spec.cpus, memory=spec.memory, disk=spec.disk, image=spec.image)
+            tmp = self.snapshots / f"{key}.partial"
+            shutil.rmtree(tmp, ignore_errors=True)
+            vm_id = self.ledger.add_vm(str(self.driver.storage), name, template.to_dict(), "creating", source="boot")
+            try:
+                self.driver.create(template)
+                self._record_process(vm_id, self.driver, name)
+                self.driver.snapshot(name, tmp)
+                os.rename(tmp, final)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                if self.driver.state(name).value != "missing":
+                    self.driver.destroy(name)
+                raise
+            finally:
+                self.ledger.update_vm(vm_id, state="destroyed")
+                self.ledger.end_processes(vm_id)
+            self.ledger.add_disk(str(final / "disk.qcow2"), None, "snapshot")
+            self.ledger.event("snapshot", key, {"spec": template.resources()})
+            return final, True
+
+    # -- idle VMs ------------------------------------------------------------
+    def _record_process(self, vm_id: int, driver: QemuDriver, name: str) -> None:
+        info = driver.run_info(name)
+        if info:
+            self.ledger.add_process(info["pid"], info["create_time"], vm_id)
+
+    def restore(self, driver: QemuDriver, spec: VMSpec, lease_id: str | None, owner_pid: int | None,
+                state: str, pool_key_: str | None = None) -> Placed:
+        """Restore ``spec`` from its snapshot into ``driver``'s storage (recorded before acting)."""
+        snap, made = self.snapshot_for(spec)
+        vm_id = self.ledger.add_vm(str(driver.storage), spec.name, spec.to_dict(), "creating", lease_id=lease_id,
+                                   pool_key=pool_key_, source="boot" if made else "restore")
+        try:
+            boot = driver.create_from_snapshot(spec, snap, owner_pid)
+            self.ledger.add_process(boot.info["pid"], boot.info["create_time"], vm_id)
+            self.ledger.add_disk(str(driver.vm_dir(spec.name) / "disk.qcow2"), vm_id, "overlay")
+            driver.wait_restored(spec.name, boot)
+            driver.release(spec.name)  # the requester connects to the guest agent next
+        except BaseException:
+            self.ledger.update_vm(vm_id, state="destroyed")
+            self.ledger.end_processes(vm_id)
+            self.ledger.remove_disks(vm_id)
+            raise
+        self.ledger.update_vm(vm_id, state=state)
+        return Placed(driver.storage, spec.name, vm_id, "boot" if made else "restore")
+
+    def refill(self) -> int:
+        """Restore idle VMs until each known spec has ``idle_per_spec`` (bounded by ``max_idle``)."""
+        made = 0
+        for key, spec in list(self.specs.items()):
+            while True:
+                idle = self.ledger.live_vms(state="pooled")
+                if len(idle) >= self.max_idle or sum(1 for v in idle if v["pool_key"] == key) >= self.idle_per_spec:
+                    break
+                with self._lock:
+                    self._counter += 1
+                    name = f"p{os.getpid() % 1000}-{key[:8]}-{self._counter}"
+                pooled = VMSpec(name=name, cpus=spec.cpus, memory=spec.memory, disk=spec.disk, image=spec.image)
+                self.restore(self.driver, pooled, None, None, "pooled", key)
+                made += 1
+        return made
+
+    def take(self, spec: VMSpec, storage: Path, lease_id: str | None, owner_pid: int | None) -> Placed | None:
+        """Hand an idle VM over as ``spec.name`` in ``storage``, or None if none is idle for this spec."""
+        key = self.key(spec)
+        self.specs.setdefault(key, spec)
+        with self._lock:
+            idle = [v for v in self.ledger.live_vms(state="pooled") if v["pool_key"] == key]
+            if not idle:
+                return None
+            row = idle[0]
+            self.ledger.update_vm(row["id"], state="leased", lease_id=lease_id)  # claimed before it moves
+        src = self.driver.vm_dir(row["name"])
+        dst = Path(storage) / spec.name
+        try:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(src, dst)
+        except OSError:  # another file system, or a name conflict: leave it idle
+            self.ledger.update_vm(row["id"], state="pooled", lease_id=None)
+            return None
+        self.ledger.update_vm(row["id"], storage=str(storage), name=spec.name, spec=spec.to_dict())
+        self.ledger.move_disk(str(src / "disk.qcow2"), str(dst / "disk.qcow2"))
+        target = dst / "run"
+        if target.is_symlink():
+            (Path(os.readlink(target)) / "vm_dir").write_text(str(dst.resolve()))
+        meta = json.loads((dst / "vm.json").read_text())
+        meta["spec"] = spec.to_dict()
+        if owner_pid:
+            meta["owner"] = {"pid": owner_pid, "create_time": psutil.Process(owner_pid).create_time()}
+        (dst / "vm.json").write_text(json.dumps(meta, indent=2) + "\n")
+        self.ledger.update_vm(row["id"], source="pool")
+        driver = QemuDriver(storage=Path(storage), quiet=True)
+        try:
+            driver.personalize(driver.machine(spec.name), clock=False)  # set at restore; it kept ticking since
+            driver.release(spec.name)
+        except VmfError:
+            driver.destroy(spec.name)
+            self.ledger.update_vm(row["id"], state="destroyed")
+            return None
+        return Placed(Path(storage), spec.name, row["id"], "pool")
+
+    def drain(self) -> list[str]:
+        """Destroy every idle VM (shutdown, or a new image)."""
+        gone = []
+        for row in self.ledger.live_vms(state="pooled"):
+            self.ledger.update_vm(row["id"], state="destroying")
+            if self.driver.state(row["name"]).value != "missing":
+                self.driver.destroy(row["name"])
+            self.ledger.update_vm(row["id"], state="destroyed")
+            self.ledger.end_processes(row["id"])
+            self.ledger.remove_disks(row["id"])
+            gone.append(row["name"])
+        return gone
+
+    def load_snapshots(self) -> list[str]:
+        """At start-up: forget half-made and stale snapshots (another image), remember the specs of the rest
+        so that ``refill`` restores idle VMs for them before anyone asks."""
+        gone = []
+        if not self.snapshots.is_dir():
+            return gone
+        image_key = self.driver.image().key
+        for d in sorted(self.snapshots.iterdir()):
+            meta = d / "snapshot.json"
+            if d.name.endswith(".partial") or not meta.is_file():
+                shutil.rmtree(d, ignore_errors=True)
+                gone.append(f"half-made snapshot {d}")
+                continue
+            snap = json.loads(meta.read_text())
+            spec = VMSpec.from_dict(snap["spec"])
+            if snap["image"] != image_key or self.key(spec) != d.name:
+                shutil.rmtree(d, ignore_errors=True)
+                gone.append(f"stale snapshot {d} (image {snap['image']}, now {image_key})")
+                continue
+            self.specs.setdefault(d.name, spec)
+        return gone
+

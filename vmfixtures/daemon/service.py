@@ -1,0 +1,254 @@
+"""What the daemon does, independent of HTTP: leases, placement, reaping, reconciling.
+
+Blocking work (QEMU, qemu-img, the guest agent) runs here, in the server's
+worker threads; the ledger records each step before it happens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+from ..drivers.qemu import QemuDriver, _live_process, our_qemu_processes, run_dirs_of, runtime_root
+from ..errors import ConfigError, NotFound, VmfError
+from ..spec import VMSpec, check_name, parse_vm
+from .ledger import Ledger
+from .pool import Placed, Pool
+
+SCOPES = ("scenario", "feature", "tag", "run", "persistent")
+
+
+class FixtureService:
+    """The daemon's state: ledger, pool, and the leases they serve."""
+
+    def __init__(self, home: Path, idle_per_spec: int = 1, max_idle: int = 2, quiet: bool = True):
+        self.home = Path(home)
+        self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.ledger = Ledger(self.home / "ledger.sqlite")
+        self.pool = Pool(self.home, self.ledger, idle_per_spec, max_idle, quiet)
+        self.quiet = quiet
+        self._vm_lock = threading.RLock()  # placement and destruction of one (storage, name) at a time
+        self.started_at = time.time()
+
+    # -- leases ----------------------------------------------------------
+    def open_lease(self, owner_pid: int | None, run_id: str | None, scope: str, scope_key: str | None,
+                   ttl: float | None) -> dict:
+        if scope not in SCOPES:
+            raise ConfigError(f"scope: {scope!r} is not one of {', '.join(SCOPES)}")
+        owner_start = None
+        if owner_pid is not None:
+            try:
+                owner_start = psutil.Process(owner_pid).create_time()
+            except psutil.Error:
+                raise NotFound(f"owner pid {owner_pid} is not running") from None
+        if ttl is not None and ttl <= 0:
+            raise ConfigError(f"ttl: {ttl} must be positive")
+        lease_id = self.ledger.add_lease(owner_pid, owner_start, run_id, scope, scope_key, ttl)
+        self.ledger.event("lease-open", lease_id, {"owner": owner_pid, "scope": scope, "key": scope_key})
+        return self.describe_lease(lease_id)
+
+    def describe_lease(self, lease_id: str) -> dict:
+        lease = self.ledger.lease(lease_id)
+        if not lease:
+            raise NotFound(f"no lease '{lease_id}'")
+        lease["vms"] = [self.describe_vm(v) for v in self.ledger.live_vms(lease_id=lease_id)]
+        return lease
+
+    def describe_vm(self, row: dict) -> dict:
+        driver = QemuDriver(storage=Path(row["storage"]), quiet=True)
+        info = driver.run_info(row["name"]) or {}
+        state = driver.state(row["name"]).value
+        return {"id": row["id"], "storage": row["storage"], "name": row["name"], "lease": row["lease_id"],
+                "ledger_state": row["state"], "state": state, "source": row["source"],
+                "spec": json.loads(row["spec"]), "pid": info.get("pid") if state == "running" else None,
+                "ssh_port": info.get("ssh_port") if state == "running" else None, "accel": info.get("accel")}
+
+    def heartbeat(self, run_id: str | None, owner_pid: int | None) -> int:
+        return self.ledger.renew(run_id, owner_pid)
+
+    def end_lease(self, lease_id: str, reason: str = "released") -> list[str]:
+        """End a lease and destroy its VMs; returns their names."""
+        lease = self.ledger.lease(lease_id)
+        if not lease:
+            raise NotFound(f"no lease '{lease_id}'")
+        gone = []
+        for row in self.ledger.live_vms(lease_id=lease_id):
+            self._destroy_row(row)
+            gone.append(row["name"])
+        self.ledger.end_lease(lease_id, reason)
+        self.ledger.event("lease-end", lease_id, {"reason": reason, "destroyed": gone})
+        return gone
+
+    def reap(self) -> list[str]:
+        """End leases whose owner died or whose TTL lapsed."""
+        reaped = []
+        now = time.time()
+        for lease in self.ledger.active_leases():
+            reason = None
+            if lease["owner_pid"] is not None and _live_process(lease["owner_pid"], lease["owner_start"]) is None:
+                reason = f"owner pid {lease['owner_pid']} died"
+            elif lease["expires_at"] is not None and lease["expires_at"] < now:
+                reason = f"TTL of {lease['ttl']:.0f}s lapsed without a heartbeat"
+            if reason:
+                gone = self.end_lease(lease["id"], reason)
+                reaped.append(f"lease {lease['id']} ({reason}): destroyed {', '.join(gone) or 'no VM'}")
+        return reaped
+
+    # -- VMs ---------------------------------------------------------------
+    def _lease_for(self, lease_id: str | None) -> dict | None:
+        if lease_id is None:
+            return None
+        lease = self.ledger.lease(lease_id)
+        if not lease or lease["state"] != "active":
+            raise NotFound(f"no active lease '{lease_id}'")
+        return lease
+
+    def create(self, storage: str, spec_body: dict, lease_id: str | None) -> dict:
+        """Create VM ``spec.name`` in ``storage`` (pool hand-off, else restore): the CLI's `vm create`."""
+        if not isinstance(spec_body, dict) or "name" not in spec_body:
+            raise ConfigError("spec: expected a mapping with a 'name'")
+        body = dict(spec_body)
+        name = check_name(body.pop("name"), "spec.name")
+        spec = parse_vm(name, body, "spec")
+        lease = self._lease_for(lease_id)
+        owner = lease["owner_pid"] if lease else None
+        storage_path = Path(storage)
+        if not storage_path.is_absolute():
+            raise ConfigError(f"storage: {storage!r} must be an absolute path")
+        driver = QemuDriver(storage=storage_path, quiet=True)
+        with self._vm_lock:
+            if (driver.vm_dir(name) / "vm.json").is_file():
+                result = driver.create(spec, start=False)  # "exists", or Mismatch naming each field
+                return {"status": "exists", "source": None, "state": result.state.value, "name": name}
+            placed = self.pool.take(spec, storage_path, lease_id, owner)
+        if placed is None:
+            placed = self.pool.restore(driver, spec, lease_id, owner, "leased")
+        self.ledger.event("vm-create", f"{storage}/{name}", {"source": placed.source, "lease": lease_id})
+        return {"status": "created", "source": placed.source, "state": "running", "name": name}
+
+    def _row(self, storage: str, name: str) -> dict:
+        row = self.ledger.find_vm(storage, name)
+        if row is None:
+            if (Path(storage) / name / "vm.json").is_file():
+                raise NotFound(f"VM '{name}' in {storage} is not managed by this daemon")
+            raise NotFound(f"no VM named '{name}' in {storage} (see `vmfixtures vm list`)")
+        return row
+
+    def stop(self, storage: str, name: str, timeout: float | None = None) -> dict:
+        row = self._row(storage, name)
+        result = QemuDriver(storage=Path(storage), quiet=True).stop(name, timeout)
+        self.ledger.end_processes(row["id"])
+        self.ledger.update_vm(row["id"], state="stopped")
+        return {"graceful": result.graceful, "seconds": result.seconds}
+
+    def start(self, storage: str, name: str) -> dict:
+        row = self._row(storage, name)
+        driver = QemuDriver(storage=Path(storage), quiet=True)
+        m = driver.start(name)
+        info = driver.run_info(name)
+        self.ledger.add_process(info["pid"], info["create_time"], row["id"])
+        self.ledger.update_vm(row["id"], state="leased" if row["lease_id"] else "stopped")
+        return {"accel": m.accel, "ssh_port": m.ssh_port}
+
+    def destroy(self, storage: str, name: str) -> dict:
+        row = self._row(storage, name)
+        return self._destroy_row(row)
+
+    def _destroy_row(self, row: dict) -> dict:
+        driver = QemuDriver(storage=Path(row["storage"]), quiet=True)
+        with self._vm_lock:
+            self.ledger.update_vm(row["id"], state="destroying")
+            proof = None
+            if (driver.vm_dir(row["name"])).exists():
+                proof = driver.destroy(row["name"])
+            self.ledger.update_vm(row["id"], state="destroyed")
+            self.ledger.end_processes(row["id"])
+            self.ledger.remove_disks(row["id"])
+        if proof is None:
+            return {"pid": None, "process_gone": True, "removed": 0}
+        return {"pid": proof.pid, "process_gone": proof.process_gone, "removed": len(proof.removed),
+                "leftovers": proof.leftovers}
+
+    def list_vms(self) -> list[dict]:
+        return [self.describe_vm(r) for r in self.ledger.live_vms()]
+
+    # -- reconciliation ---------------------------------------------------
+    def reconcile(self) -> list[str]:
+        """Compare the ledger with reality after a (re)start; reclaim what nothing owns."""
+        reclaimed = []
+        storages = {str(self.pool.driver.storage)}
+        for row in self.ledger.live_vms():
+            storages.add(row["storage"])
+            driver = QemuDriver(storage=Path(row["storage"]), quiet=True)
+            lease = self.ledger.lease(row["lease_id"]) if row["lease_id"] else None
+            if row["state"] in ("pooled", "creating", "destroying"):
+                self._destroy_row(row)
+                reclaimed.append(f"{row['state']} VM {row['name']} (pid {self._pid(driver, row['name'])})")
+            elif lease is None or lease["state"] != "active":
+                self._destroy_row(row)
+                reclaimed.append(f"VM {row['name']} of an ended lease")
+            elif not driver.process(row["name"]) and row["state"] == "leased":
+                self.ledger.update_vm(row["id"], state="stopped")
+                self.ledger.end_processes(row["id"])
+                reclaimed.append(f"VM {row['name']} marked stopped (its QEMU is gone)")
+        known = {(p["pid"]) for p in self.ledger.live_processes()}
+        for proc in our_qemu_processes():
+            try:
+                cwd = proc.cwd()
+            except psutil.Error:
+                continue
+            if proc.pid not in known and any(cwd.startswith(s) for s in storages):
+                proc.kill()
+                reclaimed.append(f"orphan QEMU pid {proc.pid} in {cwd}")
+        reclaimed += self.pool.load_snapshots()
+        pool_dir = self.pool.driver.storage
+        if pool_dir.is_dir():
+            live = {r["name"] for r in self.ledger.live_vms() if r["storage"] == str(pool_dir)}
+            for d in pool_dir.iterdir():
+                if d.name not in live:
+                    self.pool.driver.destroy(d.name) if (d / "vm.json").exists() else shutil.rmtree(d)
+                    reclaimed.append(f"orphan folder {d}")
+        root = runtime_root()
+        if root.is_dir():
+            for d in root.iterdir():
+                vm_dir_file = d / "vm_dir"
+                if vm_dir_file.is_file() and not Path(vm_dir_file.read_text()).exists():
+                    shutil.rmtree(d, ignore_errors=True)
+                    reclaimed.append(f"orphan socket folder {d}")
+        for line in reclaimed:
+            self.ledger.event("reclaimed", "", line)
+        return reclaimed
+
+    @staticmethod
+    def _pid(driver: QemuDriver, name: str):
+        info = driver.run_info(name)
+        return info["pid"] if info else None
+
+    def shutdown(self) -> list[str]:
+        """Drain the idle pool; leased VMs stay (their runners still own them)."""
+        return self.pool.drain()
+
+    def consistency(self) -> list[str]:
+        """Ledger vs reality right now: an empty list means they agree."""
+        problems = []
+        live_pids = set()
+        for row in self.ledger.live_vms():
+            driver = QemuDriver(storage=Path(row["storage"]), quiet=True)
+            running = driver.process(row["name"]) is not None
+            if row["state"] in ("leased", "pooled") and not running:
+                problems.append(f"VM {row['name']} is {row['state']} in the ledger but has no QEMU process")
+            if running:
+                live_pids.add(driver.run_info(row["name"])["pid"])
+        for proc in our_qemu_processes(self.home):
+            if proc.pid not in live_pids:
+                problems.append(f"QEMU pid {proc.pid} runs in {self.home} with no ledger row")
+        for d in run_dirs_of(self.home):
+            if not Path((d / "vm_dir").read_text()).exists():
+                problems.append(f"socket folder {d} belongs to no VM")
+        return problems
