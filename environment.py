@@ -1,12 +1,17 @@
-"""Hooks only: own the run's VMs, skip what this host cannot do, keep evidence.
+"""Hooks only: lease VMs from the fixture daemon, skip what this host cannot do, keep evidence.
 
-- before_all: reap VMs of runs that died (SIGKILL), claim this run's storage,
-  build the guest image if it is not cached, probe the accelerator.
+- before_all: reap what dead runs left, claim this run's storage, build the
+  guest image if needed, then use the running fixture daemon or start one
+  (and say which). A heartbeat thread keeps this run's leases alive; if the
+  run dies, the daemon destroys its VMs once the owner pid is gone.
+- Leases follow scope: one per scenario by default; scenarios tagged
+  ``@fixture.vm.shared`` share one VM per feature.
 - @requires.<capability> tags skip scenarios with the reason the probe gave.
 - after_scenario: attach each VM's serial console when the scenario failed,
-  then destroy every VM the scenario made and prove none is left.
-- SIGTERM is turned into KeyboardInterrupt so behave runs after_all, and an
-  atexit handler destroys the run's VMs if behave never got there.
+  end the scenario's lease and prove its VMs are gone.
+- SIGTERM becomes KeyboardInterrupt so behave runs after_all; an atexit
+  handler cleans up if behave never gets there.
+- VMFIXTURES_DAEMON=off runs embedded: VMs are booted by this process.
 """
 
 import atexit
@@ -17,33 +22,68 @@ import sys
 from pathlib import Path
 
 from vmfixtures import capabilities
+from vmfixtures.client import Heartbeat, ensure_daemon
+from vmfixtures.drivers.qemu import process_alive, wait_exit
 from vmfixtures.scope import RunScope
-from vmfixtures.testkit import Project
+from vmfixtures.testkit import Fixtures, Project
 
 EVIDENCE_DIR = Path("reports/evidence")
+LEASE_TTL = 30.0
+SHARED_TAG = "fixture.vm.shared"
+
+
+def _say(message):
+    print(f"vmfixtures: {message}", file=sys.stderr, flush=True)
 
 
 def _terminate(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def _use_daemon():
+    return os.environ.get("VMFIXTURES_DAEMON", "").lower() not in ("off", "0", "no")
+
+
 def before_all(context):
     signal.signal(signal.SIGTERM, _terminate)
     context.scope = RunScope(quiet=False)
     for line in context.scope.start():
-        print(f"vmfixtures: reaped {line}", file=sys.stderr)
-    atexit.register(context.scope.finish)
-    context.owner_pid = os.getpid()
-    context.capabilities = {}
-    qemu = capabilities.probe_qemu()
-    context.capabilities["qemu"] = qemu
-    if qemu.available:
-        driver = context.scope.driver()
-        driver.image()  # builds with progress lines when not cached
-        accel = driver.accel()
-        print(f"vmfixtures: accelerator {accel.name} ({accel.reason}); storage {context.scope.storage}",
-              file=sys.stderr)
-        context.capabilities["kvm"] = capabilities.probe("kvm", accel.name)
+        _say(f"reaped {line}")
+    context.client = None
+    context.started_daemon = None
+    atexit.register(_finish, context)
+    context.capabilities = {"qemu": capabilities.probe_qemu()}
+    if not context.capabilities["qemu"].available:
+        return
+    driver = context.scope.driver()
+    driver.image()  # builds with progress lines when not cached
+    accel = driver.accel()
+    _say(f"accelerator {accel.name} ({accel.reason}); storage {context.scope.storage}")
+    context.capabilities["kvm"] = capabilities.probe("kvm", accel.name)
+    if _use_daemon():
+        _connect_daemon(context)
+        context.heartbeat = Heartbeat(context.client, context.scope.id, LEASE_TTL / 3).start()
+    else:
+        _say("VMFIXTURES_DAEMON=off: VMs are booted by this process, without the warm pool")
+
+
+def _connect_daemon(context):
+    context.client, started = ensure_daemon()
+    context.started_daemon = context.started_daemon or started
+    if started:
+        _say(f"started the fixture daemon (pid {started['pid']}) on {context.client.socket_path}")
+        for line in started["reclaimed"]:
+            _say(f"daemon reclaimed {line}")
+    else:
+        _say(f"using the running fixture daemon (pid {context.client.alive()['pid']}) on {context.client.socket_path}")
+
+
+def _open_lease(context, scope, key):
+    return context.client.open_lease(scope=scope, scope_key=key, ttl=LEASE_TTL, run_id=context.scope.id)["id"]
+
+
+def before_feature(context, feature):
+    context.feature_lease = None
 
 
 def _capability(context, name):
@@ -59,21 +99,49 @@ def before_scenario(context, scenario):
             if not cap.available:
                 scenario.skip(reason=cap.reason)
                 return
+    if context.client is not None and not context.client.alive():
+        _connect_daemon(context)  # a scenario may have killed it on purpose
+    context.lease = None
+    if context.client is not None:
+        if SHARED_TAG in scenario.effective_tags:
+            if context.feature_lease is None:
+                context.feature_lease = _open_lease(context, "feature", scenario.feature.name)
+            context.lease = context.feature_lease
+        else:
+            context.lease = _open_lease(context, "scenario", scenario.name)
     slug = re.sub(r"[^a-z0-9]+", "-", scenario.name.lower()).strip("-")[:60]
-    context.project = Project(context.scope.dir / "projects" / slug, context.scope)
-    context.driver = context.scope.driver()
-    context.driver.quiet = True
+    context.project = Project(context.scope.dir / "projects" / slug, context.scope, context.lease)
+    context.fixtures = Fixtures(context.scope, context.client)
+    context.driver = context.fixtures.driver
     context.pids = {}
 
 
 def after_scenario(context, scenario):
-    if not hasattr(context, "driver"):
+    if not hasattr(context, "fixtures"):
         return
     if scenario.status == "failed":
         _attach_consoles(context, scenario)
-    leftovers = context.scope.destroy_vms()
-    del context.driver
-    assert not leftovers, f"VMs of scenario '{scenario.name}' survived destruction: {leftovers}"
+    shared = context.lease is not None and context.lease == context.feature_lease
+    if context.client is None:
+        leftovers = context.scope.destroy_vms()
+        assert not leftovers, f"VMs of scenario '{scenario.name}' survived destruction: {leftovers}"
+    elif not shared:
+        _end_lease(context, context.lease, scenario.name)
+    del context.fixtures
+
+
+def _end_lease(context, lease_id, what):
+    info = context.client.lease(lease_id)
+    context.client.end_lease(lease_id)
+    survivors = [f"{vm['name']} (pid {vm['pid']})" for vm in info["vms"]
+                 if (vm["pid"] and process_alive(vm["pid"])) or (Path(vm["storage"]) / vm["name"]).exists()]
+    assert not survivors, f"VMs of '{what}' survived the end of their lease: {survivors}"
+
+
+def after_feature(context, feature):
+    if getattr(context, "feature_lease", None) and context.client is not None:
+        _end_lease(context, context.feature_lease, feature.name)
+        context.feature_lease = None
 
 
 def _attach_consoles(context, scenario):
@@ -94,9 +162,27 @@ def _attach_consoles(context, scenario):
         print(f"--- serial console of {name} (last 40 lines) ---\n" + "\n".join(text.splitlines()[-40:]))
 
 
+def _finish(context):
+    """End every lease of this run and remove its folder; report anything left. Idempotent."""
+    if getattr(context, "heartbeat", None):
+        context.heartbeat.stop()
+    client = getattr(context, "client", None)
+    if client is not None and client.alive():
+        for lease in client.leases():
+            if lease["run_id"] == context.scope.id:
+                client.end_lease(lease["id"])
+        if context.started_daemon and os.environ.get("VMFIXTURES_KEEP_DAEMON") != "1":
+            health = client.alive()
+            client.shutdown()  # we started it, we stop it; its snapshots stay on disk for the next run
+            if health and not wait_exit(health["pid"], 60.0):
+                _say(f"the fixture daemon (pid {health['pid']}) did not stop within 60s")
+            context.client = None
+    return context.scope.finish()
+
+
 def after_all(context):
     if hasattr(context, "scope"):
-        leftovers = context.scope.finish()
+        leftovers = _finish(context)
         if leftovers:
-            print(f"vmfixtures: LEAK after the run: {leftovers}", file=sys.stderr)
+            _say(f"LEAK after the run: {leftovers}")
             raise AssertionError(f"the run left VMs behind: {leftovers}")

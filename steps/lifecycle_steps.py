@@ -25,8 +25,7 @@ def _remember_pids(context):
 @given('the VMs {names} are running')
 def step_vms_running(context, name=None, names=None):
     specs = [load_config(context.project.config_path).vm(n) for n in ([name] if name else _names(names))]
-    for result in context.driver.create_many(specs, owner_pid=context.owner_pid):
-        assert not isinstance(result, Exception), f"expected the VM to boot, got: {result}"
+    context.fixtures.ensure_running(specs, context.lease)
     _remember_pids(context)
 
 
@@ -80,8 +79,9 @@ def step_is_stopped(context, name):
 def step_no_process(context, name):
     pid = context.pids.get(name)
     assert pid and not process_alive(pid), f"expected QEMU pid {pid} of '{name}' gone, it still runs"
-    ours = [p.cmdline() for p in our_qemu_processes(context.driver.storage) if f"guest=vmfx-{name}," in " ".join(p.cmdline())]
-    assert not ours, f"expected no QEMU process for '{name}', found {ours}"
+    vm_dir = str(context.driver.vm_dir(name))
+    ours = [p.pid for p in our_qemu_processes(context.driver.storage) if p.cwd().startswith(vm_dir)]
+    assert not ours, f"expected no QEMU process for '{name}', found pids {ours}"
 
 
 @then("the guest powered off on its own, without being forced")

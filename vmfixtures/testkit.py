@@ -9,14 +9,20 @@ see them.
 from __future__ import annotations
 
 import os
+import select
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from .scope import RunScope
+
+if TYPE_CHECKING:
+    from .client import Client
 
 
 @dataclass
@@ -34,9 +40,10 @@ class CommandResult:
 class Project:
     """A scenario's project folder with its ``vmfixtures.yaml``."""
 
-    def __init__(self, folder: Path, scope: RunScope):
+    def __init__(self, folder: Path, scope: RunScope, lease: str | None = None):
         self.folder = Path(folder)
         self.scope = scope
+        self.lease = lease  # VMs the operator creates belong to this daemon lease
         self.folder.mkdir(parents=True, exist_ok=True)
         self.vms: dict[str, dict] = {}
 
@@ -56,6 +63,60 @@ class Project:
     def operator(self, *argv: str, timeout: float = 600) -> CommandResult:
         """Run `vmfixtures ARGV...` in the project folder against the run's storage."""
         env = dict(os.environ, VMFIXTURES_STATE_DIR=str(self.scope.dir), VMFIXTURES_OWNER_PID=str(os.getpid()))
+        if self.lease:
+            env["VMFIXTURES_LEASE"] = self.lease
         proc = subprocess.run([sys.executable, "-m", "vmfixtures", "--quiet", *argv], cwd=self.folder, env=env,
                               capture_output=True, text=True, timeout=timeout)
         return CommandResult(list(argv), proc.returncode, proc.stdout, proc.stderr)
+
+
+class Fixtures:
+    """How steps get VMs: leased from the daemon (warm pool) or, embedded, booted here."""
+
+    def __init__(self, scope: RunScope, client: "Client | None" = None):
+        self.scope = scope
+        self.client = client
+        self.driver = scope.driver()
+        self.driver.quiet = True
+
+    def ensure_running(self, specs: list, lease: str | None) -> list[dict]:
+        """Make each spec a running VM in the run's storage (a no-op for one that already runs)."""
+        if self.client is None:
+            results = self.driver.create_many(specs, owner_pid=os.getpid())
+            for r in results:
+                if isinstance(r, Exception):
+                    raise r
+            return [{"name": r.name, "status": r.status, "source": "boot"} for r in results]
+        with ThreadPoolExecutor(max_workers=max(1, len(specs))) as pool:
+            return list(pool.map(lambda s: self.client.create(self.scope.storage, s.to_dict(), lease), specs))
+
+
+@dataclass
+class RunnerProcess:
+    """Another test runner holding leased VMs (`vmfixtures lease hold`)."""
+
+    proc: subprocess.Popen
+    first_line: str
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+
+def spawn_runner(project: Project, name: str, ttl: float, timeout: float = 120) -> RunnerProcess:
+    """Start a separate process that leases VM ``name`` of the project config and holds it."""
+    env = dict(os.environ, VMFIXTURES_STATE_DIR=str(project.scope.dir))
+    env.pop("VMFIXTURES_LEASE", None)
+    proc = subprocess.Popen([sys.executable, "-m", "vmfixtures", "--quiet", "lease", "hold", name, "-c",
+                             str(project.config_path), "--ttl", str(ttl)], cwd=project.folder, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    line = proc.stdout.readline() if ready else ""
+    if not line:
+        proc.kill()
+        raise AssertionError(f"the runner holding '{name}' did not report its VM: {proc.stderr.read()}")
+    return RunnerProcess(proc, line.strip())
