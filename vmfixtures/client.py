@@ -77,6 +77,10 @@ class Client:
     def lease(self, lease_id: str) -> dict:
         return self.request("GET", f"/v1/leases/{lease_id}")
 
+    def wait_lease_end(self, lease_id: str, timeout: float) -> dict:
+        """Block until the daemon has ended the lease (and destroyed its VMs), or ``timeout``."""
+        return self.request("GET", f"/v1/leases/{lease_id}?wait_end={timeout}", timeout=timeout + 30)
+
     def leases(self) -> list:
         return self.request("GET", "/v1/leases")
 

@@ -102,14 +102,25 @@ class RunnerProcess:
     def pid(self) -> int:
         return self.proc.pid
 
+    @property
+    def lease_id(self) -> str:
+        return self.first_line.split("(lease ", 1)[1].split(",", 1)[0]
+
+    @property
+    def ssh_port(self) -> int:
+        return int(self.first_line.split("ssh 127.0.0.1:", 1)[1].split()[0])
+
     def kill(self) -> None:
         self.proc.kill()
         self.proc.wait(10)
 
 
-def spawn_runner(project: Project, name: str, ttl: float, timeout: float = 120) -> RunnerProcess:
-    """Start a separate process that leases VM ``name`` of the project config and holds it."""
-    env = dict(os.environ, VMFIXTURES_STATE_DIR=str(project.scope.dir))
+def spawn_runner(project: Project, name: str, ttl: float, state_dir: Path | None = None,
+                 timeout: float = 120) -> RunnerProcess:
+    """Start a separate process that leases VM ``name`` of the project config and holds it.
+
+    ``state_dir`` gives the runner storage of its own (default: the run's)."""
+    env = dict(os.environ, VMFIXTURES_STATE_DIR=str(state_dir or project.scope.dir))
     env.pop("VMFIXTURES_LEASE", None)
     proc = subprocess.Popen([sys.executable, "-m", "vmfixtures", "--quiet", "lease", "hold", name, "-c",
                              str(project.config_path), "--ttl", str(ttl)], cwd=project.folder, env=env,

@@ -16,6 +16,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from ..errors import Mismatch
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS leases(
   id TEXT PRIMARY KEY,
@@ -63,6 +65,7 @@ class Ledger:
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._lock = threading.RLock()
+        self.lease_ended = threading.Condition()  # notified whenever a lease ends
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
@@ -113,14 +116,19 @@ class Ledger:
     def end_lease(self, lease_id: str, reason: str) -> None:
         self._exec("UPDATE leases SET state='ended', ended_at=?, end_reason=? WHERE id=? AND state='active'",
                    (time.time(), reason, lease_id))
+        with self.lease_ended:
+            self.lease_ended.notify_all()
 
     # -- VMs -------------------------------------------------------------
     def add_vm(self, storage: str, name: str, spec: dict, state: str, lease_id: str | None = None,
                pool_key: str | None = None, source: str | None = None) -> int:
         now = time.time()
-        cur = self._exec("INSERT INTO vms(storage, name, spec, pool_key, lease_id, state, source, created_at,"
-                         " updated_at) VALUES (?,?,?,?,?,?,?,?,?)",
-                         (storage, name, json.dumps(spec), pool_key, lease_id, state, source, now, now))
+        try:
+            cur = self._exec("INSERT INTO vms(storage, name, spec, pool_key, lease_id, state, source, created_at,"
+                             " updated_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                             (storage, name, json.dumps(spec), pool_key, lease_id, state, source, now, now))
+        except sqlite3.IntegrityError:  # the unique (storage, name) index: someone else claimed it first
+            raise Mismatch(f"VM '{name}' already exists or is being created in {storage}") from None
         return int(cur.lastrowid)
 
     def update_vm(self, vm_id: int, **fields) -> None:

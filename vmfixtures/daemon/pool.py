@@ -58,6 +58,8 @@ class Pool:
         self.driver = QemuDriver(storage=self.home / "pool", quiet=quiet)
         self.snapshots = self.home / "snapshots"
         self._lock = threading.Lock()
+        self._refill_lock = threading.Lock()
+        self.closed = False
         self._snap_locks: dict[str, threading.Lock] = {}
         self._counter = 0
         self.specs: dict[str, VMSpec] = {}  # specs seen, so refills know what to restore
@@ -124,10 +126,26 @@ class Pool:
         return Placed(driver.storage, spec.name, vm_id, "boot" if made else "restore")
 
     def refill(self) -> int:
-        """Restore idle VMs until each known spec has ``idle_per_spec`` (bounded by ``max_idle``)."""
+        """Restore idle VMs until each known spec has ``idle_per_spec`` (bounded by ``max_idle``).
+
+        One refill at a time: concurrent triggers would each see the pool short and over-fill it."""
+        if self.closed or not self._refill_lock.acquire(blocking=False):
+            return 0
+        try:
+            return self._refill()
+        finally:
+            self._refill_lock.release()
+
+    def close(self) -> list[str]:
+        """Stop refilling, wait for a refill in flight, then destroy every idle VM."""
+        self.closed = True
+        with self._refill_lock:
+            return self.drain()
+
+    def _refill(self) -> int:
         made = 0
         for key, spec in list(self.specs.items()):
-            while True:
+            while not self.closed:
                 idle = self.ledger.live_vms(state="pooled")
                 if len(idle) >= self.max_idle or sum(1 for v in idle if v["pool_key"] == key) >= self.idle_per_spec:
                     break

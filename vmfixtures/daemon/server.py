@@ -7,6 +7,7 @@ Errors come back as ``{"error": message, "type": VmfError subclass}`` with a
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import fcntl
 import json
 import logging
@@ -117,7 +118,15 @@ class Daemon:
         return web.json_response([s.describe_lease(l["id"]) for l in s.ledger.active_leases()])
 
     async def get_lease(self, request):
-        return web.json_response(await self._run(self.service.describe_lease, request.match_info["id"]))
+        lease_id = request.match_info["id"]
+        wait = request.query.get("wait_end")
+        if wait is not None:  # long poll: answer when the lease ends (or after `wait_end` seconds)
+            try:
+                seconds = min(float(wait), 600.0)
+            except ValueError:
+                raise errors.ConfigError(f"wait_end: {wait!r} is not a number of seconds") from None
+            return web.json_response(await self._run(self.service.wait_lease_end, lease_id, seconds))
+        return web.json_response(await self._run(self.service.describe_lease, lease_id))
 
     async def end_lease(self, request):
         gone = await self._run(self.service.end_lease, request.match_info["id"], "released")
@@ -254,6 +263,7 @@ def acquire_lock(home: Path, socket_path: Path):
 def run_foreground(home: Path, socket_path: Path, idle_per_spec: int, max_idle: int, reap_interval: float,
                    ready_fd: int | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 <pid>`: thread stacks to the log
     lock = acquire_lock(home, socket_path)
     try:
         service = FixtureService(home, idle_per_spec, max_idle)

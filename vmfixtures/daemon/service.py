@@ -69,6 +69,19 @@ class FixtureService:
                 "spec": json.loads(row["spec"]), "pid": info.get("pid") if state == "running" else None,
                 "ssh_port": info.get("ssh_port") if state == "running" else None, "accel": info.get("accel")}
 
+    def wait_lease_end(self, lease_id: str, timeout: float) -> dict:
+        """Block until the lease has ended (or ``timeout``); returns the lease."""
+        deadline = time.monotonic() + timeout
+        with self.ledger.lease_ended:
+            while True:
+                lease = self.ledger.lease(lease_id)
+                if not lease:
+                    raise NotFound(f"no lease '{lease_id}'")
+                remaining = deadline - time.monotonic()
+                if lease["state"] == "ended" or remaining <= 0:
+                    return lease
+                self.ledger.lease_ended.wait(remaining)
+
     def heartbeat(self, run_id: str | None, owner_pid: int | None) -> int:
         return self.ledger.renew(run_id, owner_pid)
 
@@ -181,15 +194,16 @@ class FixtureService:
     # -- reconciliation ---------------------------------------------------
     def reconcile(self) -> list[str]:
         """Compare the ledger with reality after a (re)start; reclaim what nothing owns."""
-        reclaimed = []
+        reclaimed = self.reap()  # leases whose owner died while no daemon was watching
         storages = {str(self.pool.driver.storage)}
         for row in self.ledger.live_vms():
             storages.add(row["storage"])
             driver = QemuDriver(storage=Path(row["storage"]), quiet=True)
             lease = self.ledger.lease(row["lease_id"]) if row["lease_id"] else None
             if row["state"] in ("pooled", "creating", "destroying"):
+                pid = self._pid(driver, row["name"])
                 self._destroy_row(row)
-                reclaimed.append(f"{row['state']} VM {row['name']} (pid {self._pid(driver, row['name'])})")
+                reclaimed.append(f"{row['state']} VM {row['name']} (pid {pid})")
             elif lease is None or lease["state"] != "active":
                 self._destroy_row(row)
                 reclaimed.append(f"VM {row['name']} of an ended lease")
@@ -231,8 +245,13 @@ class FixtureService:
         return info["pid"] if info else None
 
     def shutdown(self) -> list[str]:
-        """Drain the idle pool; leased VMs stay (their runners still own them)."""
-        return self.pool.drain()
+        """A clean stop ends every lease and drains the pool: nothing would reap them otherwise.
+        (A crash, by contrast, leaves them to the next start's reconciliation.)"""
+        self.pool.closed = True
+        gone = []
+        for lease in self.ledger.active_leases():
+            gone += self.end_lease(lease["id"], "daemon stopped")
+        return gone + self.pool.close()
 
     def consistency(self) -> list[str]:
         """Ledger vs reality right now: an empty list means they agree."""

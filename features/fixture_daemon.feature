@@ -1,0 +1,60 @@
+@p0 @daemon @requires.qemu
+Feature: Fixture daemon
+  Booting a real VM takes seconds, and test runs crash. The fixture daemon
+  keeps restored VMs warm, so a scenario gets one in a blink, and it destroys
+  every VM whose owner is gone, so a crashed run never leaves a VM behind.
+
+  Background:
+    Given a project whose config declares the VMs:
+      | name   | cpus | memory | disk |
+      | worker | 1    | 512M   | 2G   |
+
+  Scenario: A lease gives a running VM from the warm pool
+    When the scenario leases the VM "worker"
+    Then the VM "worker" is running
+    And the guest of "worker" answers a command
+    And the VM "worker" was restored from a memory snapshot, not booted
+
+  Scenario: When a lease ends its VM is destroyed
+    Given the scenario leased the VM "worker"
+    When the lease ends
+    Then the VM "worker" no longer exists
+    And no QEMU process or disk file remains for "worker"
+
+  Scenario: A VM from the warm pool carries nothing from the previous lease
+    Given the scenario leased the VM "worker"
+    And the guest of "worker" has saved the note "secret of the last tenant"
+    When the lease ends and the scenario leases the VM "worker" again
+    Then the VM "worker" is a different QEMU process than before
+    And the guest of "worker" has no note
+
+  Scenario: The VMs of a runner killed mid-scenario are destroyed within its TTL
+    Given another runner holds the VM "worker" with a lease TTL of 5 seconds
+    When that runner is killed with SIGKILL
+    Then within 5 seconds the VM "worker" no longer exists
+    And no QEMU process or disk file remains for "worker"
+
+  Scenario: A daemon killed with SIGKILL reaps what it left behind when started again
+    Given another runner holds the VM "worker" with a lease TTL of 30 seconds
+    When the daemon is killed with SIGKILL
+    And that runner is killed with SIGKILL
+    And the daemon is started again
+    Then the daemon reports that it reclaimed the VM "worker"
+    And no QEMU process or disk file remains for "worker"
+    And the daemon's ledger agrees with the processes and files it owns
+
+  Scenario: Two runners at once get distinct VMs
+    When two runners each hold the VM "worker" at the same time
+    Then the two runners got different QEMU processes on different SSH ports
+
+  @fixture.vm.shared
+  Scenario: A shared VM is leased once for the scenarios that share it
+    Given the shared VM "worker" is running
+    And the guest of "worker" has saved the note "left by the first scenario"
+    Then the guest of "worker" still has the note "left by the first scenario"
+
+  @fixture.vm.shared
+  Scenario: The next scenario sharing the VM finds it as the last one left it
+    Given the shared VM "worker" is running
+    Then the guest of "worker" still has the note "left by the first scenario"
+    And the VM "worker" is the same QEMU process as in the previous scenario

@@ -1,0 +1,136 @@
+"""Fixture daemon: leases, the warm pool, and what happens when runners or the daemon die."""
+
+import os
+import signal
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from behave import given, then, when
+
+from vmfixtures.client import ensure_daemon
+from vmfixtures.drivers import VMState
+from vmfixtures.drivers.qemu import process_alive, wait_exit
+from vmfixtures.spec import load_config
+from vmfixtures.testkit import spawn_runner
+
+_shared_pids = {}  # VM name -> QEMU pid, across the scenarios of one shared lease
+
+
+def _spec(context, name):
+    return load_config(context.project.config_path).vm(name)
+
+
+@given('the scenario leased the VM "{name}"')
+@given('the shared VM "{name}" is running')
+@when('the scenario leases the VM "{name}"')
+def step_lease(context, name):
+    context.created = context.fixtures.ensure_running([_spec(context, name)], context.lease)[0]
+    context.pids[name] = context.driver.run_info(name)["pid"]
+    context.previous_shared_pid = _shared_pids.get(name)
+    _shared_pids[name] = context.pids[name]
+
+
+@when("the lease ends")
+def step_lease_ends(context):
+    context.destroyed = context.client.end_lease(context.lease)
+    context.lease = context.client.open_lease(scope="scenario", run_id=context.scope.id)["id"]
+
+
+@when('the lease ends and the scenario leases the VM "{name}" again')
+def step_lease_again(context, name):
+    context.first_pid = context.pids[name]
+    step_lease_ends(context)
+    step_lease(context, name)
+
+
+@then('the VM "{name}" was restored from a memory snapshot, not booted')
+def step_restored(context, name):
+    source = context.created.get("source")
+    assert source in ("pool", "restore"), f"expected a VM from the warm pool or a restore, got {context.created}"
+    info = context.driver.run_info(name)
+    assert info.get("restored_from"), f"expected run.json to name the snapshot it came from, got {info}"
+
+
+@then('the VM "{name}" is a different QEMU process than before')
+def step_different(context, name):
+    assert context.pids[name] != context.first_pid, f"expected a new QEMU process, both are pid {context.first_pid}"
+    assert not process_alive(context.first_pid), f"expected the first lease's QEMU pid {context.first_pid} gone"
+
+
+@then('the guest of "{name}" has no note')
+def step_no_note(context, name):
+    r = context.driver.machine(name).execute("cat /root/note.txt")
+    assert r.exit_code != 0, f"expected no note from the previous tenant, found {r.stdout!r}"
+
+
+@then('the VM "{name}" is the same QEMU process as in the previous scenario')
+def step_same_as_before(context, name):
+    pid, before = context.driver.run_info(name)["pid"], context.previous_shared_pid
+    assert pid == before, f"expected the shared VM's QEMU pid {before} from the previous scenario, got {pid}"
+
+
+@given('another runner holds the VM "{name}" with a lease TTL of {ttl:d} seconds')
+def step_other_runner(context, name, ttl):
+    context.runner = spawn_runner(context.project, name, ttl)
+    context.pids[name] = context.driver.run_info(name)["pid"]
+
+
+@when("that runner is killed with SIGKILL")
+def step_kill_runner(context):
+    context.runner.kill()
+
+
+@then('within {seconds:d} seconds the VM "{name}" no longer exists')
+def step_gone_within(context, seconds, name):
+    lease = context.client.wait_lease_end(context.runner.lease_id, float(seconds))
+    assert lease["state"] == "ended", f"expected the dead runner's lease ended within {seconds}s, it is {lease}"
+    pid = context.pids[name]
+    assert not process_alive(pid), f"expected QEMU pid {pid} of '{name}' gone with its lease"
+    state = context.driver.state(name)
+    assert state == VMState.MISSING, f"expected '{name}' removed after its QEMU exited, it is {state.value}"
+
+
+@when("the daemon is killed with SIGKILL")
+def step_kill_daemon(context):
+    health = context.client.alive()
+    os.kill(health["pid"], signal.SIGKILL)
+    assert wait_exit(health["pid"], 10.0), f"daemon pid {health['pid']} survived SIGKILL"
+
+
+@when("the daemon is started again")
+def step_restart_daemon(context):
+    context.client, context.daemon_start = ensure_daemon()
+    assert context.daemon_start, "expected a new daemon to start"
+    context.started_daemon = context.started_daemon or context.daemon_start
+
+
+@then('the daemon reports that it reclaimed the VM "{name}"')
+def step_reclaimed(context, name):
+    lines = context.daemon_start["reclaimed"]
+    assert any(name in line for line in lines), f"expected '{name}' among what the daemon reclaimed: {lines}"
+
+
+@then("the daemon's ledger agrees with the processes and files it owns")
+def step_consistent(context):
+    problems = context.client.consistency()
+    assert problems == [], f"expected ledger and reality to agree, found: {problems}"
+
+
+@when('two runners each hold the VM "{name}" at the same time')
+def step_two_runners(context, name):
+    context.runners = []
+    with ThreadPoolExecutor(2) as pool:  # at the same time: both ask before either is served
+        futures = [pool.submit(spawn_runner, context.project, name, 30, Path(tempfile.mkdtemp(dir=context.project.folder)))
+                   for _ in range(2)]
+        context.runners = [f.result() for f in futures]
+
+
+@then("the two runners got different QEMU processes on different SSH ports")
+def step_distinct(context):
+    ports = [r.ssh_port for r in context.runners]
+    vms = [vm for r in context.runners for vm in context.client.lease(r.lease_id)["vms"]]
+    pids = {vm["pid"] for vm in vms}
+    for r in context.runners:
+        r.kill()
+    assert len(set(ports)) == 2 and len(pids) == 2, f"expected two distinct VMs, got ports {ports}, pids {pids}"
