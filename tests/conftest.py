@@ -27,3 +27,23 @@ def driver(tmp_path):
     yield d
     for name in d.names():
         d.destroy(name)
+
+
+@pytest.fixture
+def private_daemon(tmp_path, monkeypatch):
+    """Environment for a daemon of the test's own (socket, ledger, pool); stopped and checked afterwards."""
+    from vmfixtures.client import Client
+    from vmfixtures.drivers.qemu import our_qemu_processes, wait_exit
+
+    monkeypatch.setenv("VMFIXTURES_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("VMFIXTURES_DAEMON_SOCKET", str(tmp_path / "d.sock"))
+    client = Client(tmp_path / "d.sock")
+    yield client
+    health = client.alive()
+    if health:
+        client.shutdown()
+        assert wait_exit(health["pid"], 60.0), "the test's daemon did not stop"
+    left = our_qemu_processes(tmp_path)
+    for proc in left:
+        proc.kill()
+    assert not left, f"QEMU processes of the test's daemon survived it: {[p.pid for p in left]}"

@@ -29,11 +29,13 @@ import socket
 import subprocess
 import threading
 import time
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+from qemu.qmp import ExecInterruptedError, QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from .. import keys, paths
@@ -294,13 +296,22 @@ class QemuDriver:
             cmd += ["-cpu", "host"]
         return cmd
 
-    def _qmp(self, name: str) -> QEMUMonitorProtocol:
+    @contextmanager
+    def _qmp(self, name: str):
+        """A QMP connection for one exchange. Closing tolerates a QEMU that already hung up
+        (after `quit` or a fast power-off): qemu.qmp re-raises the reader's EOFError there."""
         qmp = QEMUMonitorProtocol(str((self.vm_dir(name) / "run").resolve() / "qmp.sock"))
         try:
             qmp.connect()
-        except (OSError, Exception) as exc:  # qemu.qmp raises its own ConnectError types
+        except Exception as exc:  # qemu.qmp raises its own ConnectError types
             raise GuestError(f"VM '{name}': cannot connect to QMP: {exc}") from None
-        return qmp
+        try:
+            yield qmp
+        finally:
+            try:
+                qmp.close()
+            except (EOFError, OSError, QMPError):
+                pass
 
     def stop(self, name: str, timeout: float | None = None) -> StopResult:
         """ACPI power-down with a deadline, then forced. Stopped already is fine."""
@@ -341,7 +352,10 @@ class QemuDriver:
             qmp.cmd("stop")
             qmp.cmd("migrate", uri=f"exec:cat > {shlex.quote(str(dest / 'mem.state'))}")
             _wait_migration(qmp, deadline, f"snapshot of '{name}'")
-            qmp.cmd("quit")
+            try:
+                qmp.cmd("quit")
+            except (EOFError, OSError, ExecInterruptedError):
+                pass  # QEMU may hang up before its reply to `quit` arrives; its exit is checked below
         if not wait_exit(proc.pid, 10.0):
             _kill(proc)
         os.rename(self.vm_dir(name) / "disk.qcow2", dest / "disk.qcow2")
