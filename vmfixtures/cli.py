@@ -205,10 +205,23 @@ def cmd_vm_exec(args) -> int:
     return result.exit_code
 
 
+def _target(args) -> tuple[QemuDriver, str]:
+    """A VM name in the storage, or a daemon lease id (its first VM)."""
+    client = _remote()
+    if client and not (_storage(args) / args.name / "vm.json").exists():
+        try:
+            vms = client.lease(args.name)["vms"]
+        except errors.NotFound:
+            vms = None
+        if vms:
+            return get_driver("qemu", storage=Path(vms[0]["storage"]), quiet=args.quiet), vms[0]["name"]
+    return _driver(args), args.name
+
+
 def cmd_ssh(args) -> int:
-    driver = _driver(args)
-    m = driver.machine(args.name)
-    known = driver.vm_dir(args.name) / "run" / "known_hosts"
+    driver, name = _target(args)
+    m = driver.machine(name)
+    known = driver.vm_dir(name) / "run" / "known_hosts"
     known.write_text(f"[127.0.0.1]:{m.ssh_port} {m.ssh.host_key.export_public_key().decode().strip()}\n")
     argv = ["ssh", "-i", str(m.ssh.key_path), "-p", str(m.ssh_port), "-o", f"UserKnownHostsFile={known}",
             "-o", "StrictHostKeyChecking=yes", "-o", "LogLevel=ERROR", "root@127.0.0.1", *args.command]
@@ -216,9 +229,9 @@ def cmd_ssh(args) -> int:
 
 
 def cmd_console(args) -> int:
-    driver = _driver(args)
-    driver.spec(args.name)  # NotFound for an unknown VM
-    log = driver.vm_dir(args.name) / "console.log"
+    driver, name = _target(args)
+    driver.spec(name)  # NotFound for an unknown VM
+    log = driver.vm_dir(name) / "console.log"
     sys.stdout.write(log.read_text(errors="replace") if log.exists() else "")
     return 0
 
@@ -389,11 +402,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND...")
 
     s = sub.add_parser("ssh", help="open an SSH session (or run a command) in a running VM")
-    s.add_argument("name")
+    s.add_argument("name", help="VM name, or a daemon lease id")
     s.add_argument("command", nargs=argparse.REMAINDER)
     s.set_defaults(func=cmd_ssh)
     c = sub.add_parser("console", help="print a VM's serial console log")
-    c.add_argument("name")
+    c.add_argument("name", help="VM name, or a daemon lease id")
     c.set_defaults(func=cmd_console)
     g = sub.add_parser("gc", help="destroy VMs whose owning test run died; kill orphan QEMU processes of ours")
     g.set_defaults(func=cmd_gc)

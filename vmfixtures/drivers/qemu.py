@@ -384,6 +384,9 @@ class QemuDriver:
                                              "image_dir": snap["image_dir"], "driver": self.name,
                                              "created_at": time.time(), "owner": owner,
                                              "snapshot": str(snapshot)})
+            # The ready line predates the snapshot: say in the log where this guest came from.
+            with open(vm_dir / "console.log", "a") as log:
+                log.write(f"[vmfixtures] restored from memory snapshot {snapshot} at {time.ctime()}\n")
             return self.launch(spec.name, incoming=True)
         except BaseException:
             self.destroy(spec.name)
