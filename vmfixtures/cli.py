@@ -221,8 +221,7 @@ def _target(args) -> tuple[QemuDriver, str]:
 def cmd_ssh(args) -> int:
     driver, name = _target(args)
     m = driver.machine(name)
-    known = driver.vm_dir(name) / "run" / "known_hosts"
-    known.write_text(f"[127.0.0.1]:{m.ssh_port} {m.ssh.host_key.export_public_key().decode().strip()}\n")
+    known = driver.known_hosts(name)
     argv = ["ssh", "-i", str(m.ssh.key_path), "-p", str(m.ssh_port), "-o", f"UserKnownHostsFile={known}",
             "-o", "StrictHostKeyChecking=yes", "-o", "LogLevel=ERROR", "root@127.0.0.1", *args.command]
     os.execvp("ssh", argv)
@@ -243,6 +242,75 @@ def cmd_gc(args) -> int:
         print(f"reclaimed {line}")
     if not reclaimed:
         print("nothing to reclaim")
+    return 0
+
+
+def _mounts_of(args, config, entries):
+    from .mounts import Mounts
+
+    driver = _driver(args)
+    return [(m, Mounts(driver, m.vm)) for m in entries]
+
+
+def _mount_entries(args, config):
+    if args.all:
+        if not config.mounts:
+            raise errors.ConfigError(f"{config.path}: no mounts declared under 'mounts'")
+        return config.mounts
+    if not args.source:
+        raise errors.ConfigError("name a mount source or pass --all")
+    return [config.mount(args.source)]
+
+
+def cmd_mount(args) -> int:
+    config = load_config(args.config)
+    for entry, mounts in _mounts_of(args, config, _mount_entries(args, config)):
+        mounts.mount(entry.source, entry.target)
+        print(f"mounted {entry.source} at {entry.vm}:{entry.target}")
+    return 0
+
+
+def cmd_umount(args) -> int:
+    config = load_config(args.config)
+    for entry, mounts in _mounts_of(args, config, _mount_entries(args, config)):
+        mounts.umount(entry.target)
+        print(f"unmounted {entry.vm}:{entry.target}")
+    return 0
+
+
+def cmd_addmount(args) -> int:
+    from .mounts import Mounts
+    from .spec import check_config, save_config
+
+    config = load_config(args.config)
+    data = dict(config.raw)
+    data["mounts"] = list(data.get("mounts") or []) + [{"source": args.source, "target": args.target, "vm": args.vm}]
+    # Validate the edit before touching anything: a bad entry changes neither the VM nor the file.
+    new = check_config(config, data).mount(args.source)
+    mounts = Mounts(_driver(args), new.vm)
+    mounts.mount(new.source, new.target)
+    try:
+        save_config(config, data)
+    except BaseException:
+        mounts.umount(new.target)  # the file could not be written: undo the mount too
+        raise
+    print(f"mounted {new.source} at {new.vm}:{new.target} and added it to {config.path}")
+    return 0
+
+
+def cmd_removemount(args) -> int:
+    from .mounts import Mounts
+    from .spec import save_config
+
+    config = load_config(args.config)
+    entry = config.mount(args.source)
+    mounts = Mounts(_driver(args), entry.vm)
+    if _driver(args).state(entry.vm).value == "running" and mounts.record(entry.target):
+        mounts.umount(entry.target)  # fails loudly before the file is touched
+    data = dict(config.raw)
+    data["mounts"] = [m for m in data.get("mounts") or [] if (config.folder / m["source"]).resolve() != entry.source]
+    save_config(config, data)
+    print(f"unmounted {entry.vm}:{entry.target} and removed it from {config.path}")
     return 0
 
 
@@ -410,6 +478,24 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_console)
     g = sub.add_parser("gc", help="destroy VMs whose owning test run died; kill orphan QEMU processes of ours")
     g.set_defaults(func=cmd_gc)
+    for verb, func, helptext in (("mount", cmd_mount, "mount a host folder of the config into its VM"),
+                                 ("umount", cmd_umount, "unmount a folder of the config from its VM")):
+        mp = sub.add_parser(verb, help=helptext)
+        mp.add_argument("source", nargs="?", help="the mount's source, as written in the config")
+        mp.add_argument("--all", action="store_true", help="every mount of the config")
+        mp.add_argument("-c", "--config", default="vmfixtures.yaml")
+        mp.set_defaults(func=func)
+    am = sub.add_parser("addmount", help="add a mount to the config and mount it at once")
+    am.add_argument("source", help="host folder (relative paths resolve against the config's folder)")
+    am.add_argument("target", help="absolute guest path")
+    am.add_argument("--vm", required=True, help="the VM to mount it in")
+    am.add_argument("-c", "--config", default="vmfixtures.yaml")
+    am.set_defaults(func=cmd_addmount)
+    rm = sub.add_parser("removemount", help="unmount, then remove the mount from the config")
+    rm.add_argument("source")
+    rm.add_argument("-c", "--config", default="vmfixtures.yaml")
+    rm.set_defaults(func=cmd_removemount)
+
     dm = sub.add_parser("daemon", help="the fixture daemon: leases, warm pool, reaping").add_subparsers(
         dest="action", required=True, metavar="ACTION")
     for verb, func, helptext in (("run", cmd_daemon_run, "run in the foreground"),

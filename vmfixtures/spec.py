@@ -10,6 +10,7 @@ that one config file can grow; unknown top-level keys are errors.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,13 +57,53 @@ class VMSpec:
         return cls(**{k: d[k] for k in ("name", "cpus", "memory", "disk", "image") if k in d})
 
 
+@dataclass(frozen=True)
+class MountSpec:
+    """A host folder mounted into a VM. ``source`` is absolute (resolved against the config's folder)."""
+
+    source: Path
+    target: str
+    vm: str
+    given: str  # the source as written in the config, to find the entry again
+    backup: Path | None = None
+    interval: float = 60.0
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """An agent: how to install it from a host artifact, how to run it, its environment."""
+
+    name: str
+    kind: str  # wheel | npm | script
+    artifact: Path
+    run: str
+    env: dict = field(default_factory=dict)
+
+
 @dataclass
 class Config:
-    """A loaded config file: its path (relative paths resolve against its folder) and VMs."""
+    """A loaded config file: its path (relative paths resolve against its folder), VMs, mounts, agents."""
 
     path: Path
     vms: dict[str, VMSpec] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
+    mounts: list[MountSpec] = field(default_factory=list)
+    agents: dict[str, AgentSpec] = field(default_factory=dict)
+
+    def mount(self, source: str) -> MountSpec:
+        """The mount entry whose source is ``source`` (as written, or the same folder)."""
+        wanted = (self.folder / source).resolve()
+        for m in self.mounts:
+            if m.given == source or m.source == wanted:
+                return m
+        known = ", ".join(m.given for m in self.mounts) or "none"
+        raise ConfigError(f"{self.path}: no mount of '{source}' under 'mounts' (defined: {known})")
+
+    def agent(self, name: str) -> AgentSpec:
+        if name not in self.agents:
+            known = ", ".join(sorted(self.agents)) or "none"
+            raise ConfigError(f"{self.path}: no agent named '{name}' under 'agents' (defined: {known})")
+        return self.agents[name]
 
     @property
     def folder(self) -> Path:
@@ -157,10 +198,116 @@ def load_config(path: str | Path) -> Config:
     if not isinstance(vms_raw, dict):
         raise ConfigError(f"{path}:{lines.line('vms')}: vms: expected a mapping of VM name to settings")
     config = Config(path=path, raw=data)
-    for name, body in vms_raw.items():
-        try:
+    try:
+        for name, body in vms_raw.items():
             config.vms[name] = parse_vm(name, body, f"vms.{name}")
-        except ConfigError as exc:
-            field_path = str(exc).split(":", 1)[0].split(".")
-            raise ConfigError(f"{path}:{lines.line(*field_path)}: {exc}") from None
+        config.mounts = parse_mounts(data.get("mounts"), config)
+        config.agents = parse_agents(data.get("agents"), config.folder)
+    except ConfigError as exc:
+        field_path = str(exc).split(":", 1)[0].replace("[", ".").replace("]", "").split(".")
+        raise ConfigError(f"{path}:{lines.line(*field_path)}: {exc}") from None
     return config
+
+
+MOUNT_FIELDS = {"source", "target", "vm", "backup", "interval"}
+AGENT_FIELDS = {"install", "run", "env"}
+ARTIFACT_KINDS = ("wheel", "npm", "script")
+
+
+def parse_mounts(raw: Any, config: Config) -> list[MountSpec]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise ConfigError("mounts: expected a list of {source, target, vm}")
+    mounts: list[MountSpec] = []
+    for i, body in enumerate(raw):
+        where = f"mounts[{i}]"
+        if not isinstance(body, dict):
+            raise ConfigError(f"{where}: expected a mapping with source, target and vm")
+        unknown = set(body) - MOUNT_FIELDS
+        if unknown:
+            raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown field (allowed: {', '.join(sorted(MOUNT_FIELDS))})")
+        for key in ("source", "target", "vm"):
+            if not isinstance(body.get(key), str) or not body[key]:
+                raise ConfigError(f"{where}.{key}: required, a non-empty string")
+        if not body["target"].startswith("/") or "\0" in body["target"]:
+            raise ConfigError(f"{where}.target: {body['target']!r} must be an absolute guest path")
+        if body["vm"] not in config.vms:
+            raise ConfigError(f"{where}.vm: no VM named {body['vm']!r} under 'vms'")
+        interval = body.get("interval", 60)
+        if isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval <= 0:
+            raise ConfigError(f"{where}.interval: {interval!r} is not a positive number of seconds")
+        backup = body.get("backup")
+        if backup is not None and not isinstance(backup, str):
+            raise ConfigError(f"{where}.backup: expected a folder path")
+        m = MountSpec(source=(config.folder / body["source"]).resolve(), target=body["target"].rstrip("/") or "/",
+                      vm=body["vm"], given=body["source"], interval=float(interval),
+                      backup=(config.folder / backup).resolve() if backup else None)
+        for other in mounts:
+            if other.vm == m.vm and other.target == m.target:
+                raise ConfigError(f"{where}.target: {m.target} is already the target of {other.given!r} in {m.vm}")
+        mounts.append(m)
+    return mounts
+
+
+def parse_agents(raw: Any, folder: Path) -> dict[str, AgentSpec]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError("agents: expected a mapping of agent name to settings")
+    agents = {}
+    for name, body in raw.items():
+        where = f"agents.{name}"
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            raise ConfigError(f"{where}: {name!r} is not a valid agent name")
+        if not isinstance(body, dict):
+            raise ConfigError(f"{where}: expected a mapping with install and run")
+        unknown = set(body) - AGENT_FIELDS
+        if unknown:
+            raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown field (allowed: {', '.join(sorted(AGENT_FIELDS))})")
+        install = body.get("install")
+        if not isinstance(install, dict) or len(install) != 1 or next(iter(install)) not in ARTIFACT_KINDS:
+            raise ConfigError(f"{where}.install: expected one of {{wheel: PATH}}, {{npm: PATH}}, {{script: PATH}}")
+        kind, artifact = next(iter(install.items()))
+        if not isinstance(artifact, str):
+            raise ConfigError(f"{where}.install.{kind}: expected a path to the artifact")
+        if not isinstance(body.get("run"), str) or not body["run"].strip():
+            raise ConfigError(f"{where}.run: required, the command that runs the agent")
+        env = body.get("env") or {}
+        if not isinstance(env, dict) or not all(isinstance(k, str) for k in env):
+            raise ConfigError(f"{where}.env: expected a mapping of variable names to values")
+        agents[name] = AgentSpec(name, kind, (folder / artifact).resolve(), body["run"],
+                                 {k: str(v) for k, v in env.items()})
+    return agents
+
+
+def check_config(config: Config, data: dict) -> Config:
+    """Validate ``data`` as a new version of ``config`` (relative paths resolve against its folder).
+
+    Errors name the real config file, not the temporary one used to check."""
+    tmp = config.path.with_name(f".{config.path.name}.{os.getpid()}.check")
+    try:
+        tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+        checked = load_config(tmp)
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace(str(tmp), str(config.path))) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    checked.path = config.path
+    return checked
+
+
+def save_config(config: Config, data: dict) -> Config:
+    """Replace the config file with ``data`` atomically, only if ``data`` is a valid config.
+
+    A bad edit or a crash leaves the old file whole (temporary file + rename).
+    Comments in the file are not preserved.
+    """
+    checked = check_config(config, data)
+    tmp = config.path.with_name(f".{config.path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+        os.replace(tmp, config.path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return checked

@@ -42,6 +42,7 @@ from .. import keys, paths
 from ..errors import GuestError, Mismatch, MissingDependency, NotFound, Timeout, VmfError
 from ..images import Image, Recipe, build, find
 from ..machine import Machine
+from ..mounts import kill_helpers
 from ..progress import Progress
 from ..spec import VMSpec, check_name
 from . import accel as accel_mod
@@ -319,6 +320,7 @@ class QemuDriver:
         start = time.monotonic()
         proc = self.process(name)
         self.release(name)
+        kill_helpers(self.vm_dir(name))
         graceful = True
         if proc:
             deadline = timeout if timeout is not None else self.accel().scale(20)
@@ -438,6 +440,7 @@ class QemuDriver:
         info = self.run_info(name)
         proc = self.process(name)
         self.release(name)
+        kill_helpers(vm_dir)  # mount helpers first: they hold SSH sessions into the guest
         if proc:
             _kill(proc)
         files = [str(p) for p in vm_dir.rglob("*")]
@@ -464,6 +467,13 @@ class QemuDriver:
                     key_path=keys.ensure_keypair(), accel=info["accel"])
         self._machines[name] = (info["pid"], m)
         return m
+
+    def known_hosts(self, name: str) -> Path:
+        """A known_hosts file pinning the guest's host key at its forwarded port (for OpenSSH)."""
+        m = self.machine(name)
+        path = self.vm_dir(name) / "run" / "known_hosts"
+        path.write_text(f"[127.0.0.1]:{m.ssh_port} {m.ssh.host_key.export_public_key().decode().strip()}\n")
+        return path
 
     def release(self, name: str) -> None:
         """Close this driver's guest connections to ``name`` so another client can use them."""

@@ -1,0 +1,214 @@
+"""Host folders inside a running VM: sshfs in the guest, fed by an SFTP server on the host.
+
+The guest runs ``sshfs -o slave`` over an SSH session; its stdio is joined
+(through a socketpair) to the host's ``sftp-server``. No extra VM device and
+no guest-to-host network are needed, mounts can come and go at run time, and
+they work on VMs restored from memory snapshots (9p can do neither).
+
+The SFTP server runs as the host user, so files the guest creates belong to
+that user; it runs under bubblewrap with only the mounted folder writable
+and no network, so the guest cannot reach other host files through it.
+
+Each mount is recorded in ``<vm>/mounts/<key>.json`` (pids and start times of
+the two helper processes); helpers run with that folder as their working
+directory, so a sweep can attribute them to their VM.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import psutil
+
+from .errors import ConfigError, GuestError, MissingDependency, Timeout, VmfError
+
+SFTP_SERVER = "/usr/lib/openssh/sftp-server"
+
+
+@dataclass
+class MountRecord:
+    """A live mount and the host processes that carry it."""
+
+    source: str
+    target: str
+    ssh_pid: int
+    ssh_start: float
+    sftp_pid: int
+    sftp_start: float
+    started_at: float
+
+
+def _key(target: str) -> str:
+    return hashlib.sha256(target.encode()).hexdigest()[:12]
+
+
+def _alive(pid: int, start: float) -> psutil.Process | None:
+    try:
+        proc = psutil.Process(pid)
+        if abs(proc.create_time() - start) < 0.01 and proc.status() != psutil.STATUS_ZOMBIE:
+            return proc
+    except psutil.Error:
+        pass
+    return None
+
+
+def _kill_group(pid: int, start: float) -> bool:
+    """SIGKILL the helper's process group (bwrap runs the SFTP server as its child)."""
+    if _alive(pid, start) is None:
+        return False
+    try:
+        os.killpg(pid, signal.SIGKILL)  # helpers are session leaders: pgid == pid
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def kill_helpers(vm_dir: Path) -> list[int]:
+    """Kill every mount helper recorded for the VM (it is being stopped or destroyed)."""
+    from .drivers.qemu import wait_exit
+
+    killed = []
+    for rec_file in (vm_dir / "mounts").glob("*.json"):
+        rec = MountRecord(**json.loads(rec_file.read_text()))
+        for pid, start in ((rec.ssh_pid, rec.ssh_start), (rec.sftp_pid, rec.sftp_start)):
+            if _kill_group(pid, start):
+                wait_exit(pid, 5.0)
+                killed.append(pid)
+        rec_file.unlink()
+    return killed
+
+
+def helper_processes(storage: Path) -> list[psutil.Process]:
+    """Mount helpers whose working folder lies under ``storage`` (leak checks)."""
+    found = []
+    for proc in psutil.process_iter(["cwd", "name"]):
+        cwd = str(proc.info.get("cwd") or "")
+        if cwd.startswith(str(storage)) and "/mounts" in cwd and proc.info["name"] != "qemu-system-x86":
+            found.append(proc)
+    return found
+
+
+class Mounts:
+    """The mounts of one running VM."""
+
+    def __init__(self, driver, name: str):
+        self.driver = driver
+        self.name = name
+        self.folder = driver.vm_dir(name) / "mounts"
+
+    def records(self) -> list[MountRecord]:
+        if not self.folder.is_dir():
+            return []
+        return [MountRecord(**json.loads(p.read_text())) for p in sorted(self.folder.glob("*.json"))]
+
+    def record(self, target: str) -> MountRecord | None:
+        path = self.folder / f"{_key(target)}.json"
+        return MountRecord(**json.loads(path.read_text())) if path.is_file() else None
+
+    def guest_mounts(self) -> dict[str, str]:
+        """Mount point -> file system type, as the guest kernel sees them."""
+        text = self.driver.machine(self.name).read_file("/proc/mounts").decode()
+        return {line.split()[1]: line.split()[2] for line in text.splitlines() if len(line.split()) > 2}
+
+    def mount(self, source: Path, target: str) -> MountRecord:
+        """Mount host folder ``source`` at guest path ``target``; wait until the guest sees it."""
+        source = Path(source)
+        if not source.is_dir():
+            raise ConfigError(f"mount source {source} does not exist or is not a folder")
+        for tool in (SFTP_SERVER, shutil.which("bwrap") or "bwrap", shutil.which("ssh") or "ssh"):
+            if not os.path.exists(tool):
+                raise MissingDependency(f"'{tool}' not found: install openssh-sftp-server, bubblewrap and openssh-client")
+        m = self.driver.machine(self.name)  # GuestError if the VM is not running
+        existing = self.record(target)
+        if existing:
+            raise ConfigError(f"guest path {target} in VM '{self.name}' is already in use by the mount of "
+                              f"{existing.source}")
+        if target in self.guest_mounts():
+            raise ConfigError(f"guest path {target} in VM '{self.name}' is already a mount point in the guest")
+        m.succeed(["mkdir", "-p", target])
+        self.folder.mkdir(exist_ok=True)
+        log = open(self.folder / f"{_key(target)}.log", "ab")
+        ours, theirs = socket.socketpair()
+        try:
+            sftp = subprocess.Popen(self._sftp_command(source), stdin=ours, stdout=ours, stderr=log,
+                                    cwd=self.folder, start_new_session=True)
+            ssh = subprocess.Popen(self._ssh_command(m, source, target), stdin=theirs, stdout=theirs, stderr=log,
+                                   cwd=self.folder, start_new_session=True)
+        finally:
+            ours.close()
+            theirs.close()
+            log.close()
+        rec = MountRecord(str(source), target, ssh.pid, psutil.Process(ssh.pid).create_time(),
+                          sftp.pid, psutil.Process(sftp.pid).create_time(), time.time())
+        (self.folder / f"{_key(target)}.json").write_text(json.dumps(asdict(rec)))  # recorded before we wait
+        try:
+            self._wait_mounted(target, ssh)
+        except VmfError:
+            self._stop_helpers(rec)
+            raise
+        return rec
+
+    def _sftp_command(self, source: Path) -> list[str]:
+        # Only the mounted folder is visible (and writable); system files are read-only; no network.
+        cmd = ["bwrap", "--ro-bind", "/usr", "/usr", "--ro-bind", "/etc/passwd", "/etc/passwd",
+               "--ro-bind", "/etc/group", "/etc/group", "--dev", "/dev", "--proc", "/proc"]
+        for link in ("lib", "lib64", "bin", "sbin"):
+            if Path(f"/{link}").is_symlink():
+                cmd += ["--symlink", os.readlink(f"/{link}"), f"/{link}"]
+            elif Path(f"/{link}").is_dir():
+                cmd += ["--ro-bind", f"/{link}", f"/{link}"]
+        # (No --new-session: the server must stay in the helper's process group, which is killed as one.)
+        return cmd + ["--bind", str(source), str(source), "--unshare-all", SFTP_SERVER, "-e", "-d", str(source)]
+
+    def _ssh_command(self, m, source: Path, target: str) -> list[str]:
+        remote = f"exec sshfs -f -o slave :{shlex.quote(str(source))} {shlex.quote(target)}"
+        return ["ssh", "-T", "-i", str(m.ssh.key_path), "-p", str(m.ssh_port),
+                "-o", f"UserKnownHostsFile={self.driver.known_hosts(self.name)}", "-o", "StrictHostKeyChecking=yes",
+                "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", "root@127.0.0.1", remote]
+
+    def _wait_mounted(self, target: str, ssh: subprocess.Popen) -> None:
+        # FUSE offers the host no event for "mounted"; /proc/mounts via the agent is a ~3 ms read.
+        deadline = time.monotonic() + self.driver.accel().scale(30)
+        delay = 0.02
+        while self.guest_mounts().get(target) != "fuse.sshfs":
+            if ssh.poll() is not None:
+                log = (self.folder / f"{_key(target)}.log").read_text(errors="replace").strip()
+                raise GuestError(f"mounting {target} in VM '{self.name}' failed: sshfs exited {ssh.returncode}: "
+                                 f"{log[-400:] or 'no output'}")
+            if time.monotonic() > deadline:
+                raise Timeout(f"{target} did not appear as a mount in VM '{self.name}'")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+    def umount(self, target: str) -> MountRecord:
+        """Unmount in the guest first; only then stop the helpers and drop the record."""
+        rec = self.record(target)
+        if rec is None:
+            raise ConfigError(f"nothing is mounted at {target} in VM '{self.name}' by vmfixtures")
+        m = self.driver.machine(self.name)
+        if self.guest_mounts().get(target) == "fuse.sshfs":
+            r = m.execute(["fusermount3", "-u", target])
+            if not r.ok:
+                raise GuestError(f"unmounting {target} in VM '{self.name}' failed: {r.stderr.strip() or r.stdout.strip()}")
+        self._stop_helpers(rec)
+        return rec
+
+    def _stop_helpers(self, rec: MountRecord) -> None:
+        from .drivers.qemu import wait_exit
+
+        for pid, start in ((rec.ssh_pid, rec.ssh_start), (rec.sftp_pid, rec.sftp_start)):
+            if _alive(pid, start) and not wait_exit(pid, 5.0):  # both end on their own once sshfs exits
+                _kill_group(pid, start)
+                wait_exit(pid, 5.0)
+        for suffix in (".json", ".log"):
+            (self.folder / f"{_key(rec.target)}{suffix}").unlink(missing_ok=True)
