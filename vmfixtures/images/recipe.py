@@ -18,7 +18,7 @@ class Recipe:
     suite: str = "bookworm"
     kernel_package: str = "linux-image-cloud-amd64"
     packages: tuple[str, ...] = (
-        "openssh-server", "qemu-guest-agent", "sshfs", "rsync", "python3", "iproute2",
+        "openssh-server", "qemu-guest-agent", "sshfs", "rsync", "python3", "python3-pip", "iproute2",
         "busybox-static", "kmod", "e2fsprogs",
         # Satisfies the kernel's initramfs-tool dependency in ~1 s; we ship our own initrd.
         "tiny-initramfs",

@@ -1,0 +1,1 @@
+"""Backups: folder snapshots (rsync), retention."""
