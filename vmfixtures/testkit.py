@@ -46,6 +46,8 @@ class Project:
         self.lease = lease  # VMs the operator creates belong to this daemon lease
         self.folder.mkdir(parents=True, exist_ok=True)
         self.vms: dict[str, dict] = {}
+        self.mounts: list[dict] = []
+        self.agents: dict[str, dict] = {}
 
     @property
     def config_path(self) -> Path:
@@ -54,7 +56,30 @@ class Project:
     def declare_vm(self, name: str, **fields) -> None:
         """Add or change a VM in the config and write the file."""
         self.vms[name] = {k: v for k, v in fields.items() if v not in (None, "")}
-        self.write_config({"vms": self.vms})
+        self._write()
+
+    def declare_mount(self, source: str, target: str, vm: str, **fields) -> None:
+        self.mounts.append({"source": source, "target": target, "vm": vm, **fields})
+        self._write()
+
+    def declare_agent(self, name: str, kind: str, artifact: str, run: str, env: dict | None = None) -> None:
+        self.agents[name] = {"install": {kind: artifact}, "run": run, **({"env": env} if env else {})}
+        self._write()
+
+    def _write(self) -> None:
+        data: dict = {"vms": self.vms}
+        if self.mounts:
+            data["mounts"] = self.mounts
+        if self.agents:
+            data["agents"] = self.agents
+        self.write_config(data)
+
+    def write_file(self, relative: str, text: str) -> Path:
+        """Write a file of the project on the host (parents created)."""
+        path = self.folder / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text if text.endswith("\n") else text + "\n")
+        return path
 
     def write_config(self, data: dict | str) -> None:
         text = data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False)
