@@ -32,7 +32,16 @@ def probe_libvirt() -> Capability:
     return Capability(True)
 
 
-PROBES = {"qemu": probe_qemu, "multipass": probe_multipass, "libvirt": probe_libvirt}
+def probe_claude() -> Capability:
+    import os
+
+    missing = [v for v in ("ANTHROPIC_API_KEY", "VMFIXTURES_CLAUDE_TARBALL") if not os.environ.get(v)]
+    if missing:
+        return Capability(False, f"no credentials or artifact for Claude Code ({', '.join(missing)} not set)")
+    return Capability(True)
+
+
+PROBES = {"qemu": probe_qemu, "multipass": probe_multipass, "libvirt": probe_libvirt, "claude": probe_claude}
 
 
 def probe(name: str, accel_name: str | None = None) -> Capability:
