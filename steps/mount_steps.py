@@ -74,6 +74,7 @@ def step_guest_writes(context, vm, text, path):
     context.driver.machine(vm).succeed(["sh", "-c", 'printf "%s\\n" "$1" > "$2"', "sh", text, path])
 
 
+@given('the host writes "{text}" to "{relative}"')
 @when('the host writes "{text}" to "{relative}"')
 def step_host_writes(context, text, relative):
     context.project.write_file(relative, text)

@@ -12,6 +12,7 @@ import os
 import select
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,14 +86,57 @@ class Project:
         text = data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False)
         self.config_path.write_text(text)
 
-    def operator(self, *argv: str, timeout: float = 600) -> CommandResult:
-        """Run `vmfixtures ARGV...` in the project folder against the run's storage."""
+    def _env(self) -> dict:
         env = dict(os.environ, VMFIXTURES_STATE_DIR=str(self.scope.dir), VMFIXTURES_OWNER_PID=str(os.getpid()))
         if self.lease:
             env["VMFIXTURES_LEASE"] = self.lease
-        proc = subprocess.run([sys.executable, "-m", "vmfixtures", "--quiet", *argv], cwd=self.folder, env=env,
-                              capture_output=True, text=True, timeout=timeout)
+        return env
+
+    def operator(self, *argv: str, timeout: float = 600) -> CommandResult:
+        """Run `vmfixtures ARGV...` in the project folder against the run's storage."""
+        proc = subprocess.run([sys.executable, "-m", "vmfixtures", "--quiet", *argv], cwd=self.folder,
+                              env=self._env(), capture_output=True, text=True, timeout=timeout)
         return CommandResult(list(argv), proc.returncode, proc.stdout, proc.stderr)
+
+    def start(self, *argv: str) -> "Background":
+        """Start a long-running `vmfixtures ARGV...` (repeated backups, ...)."""
+        proc = subprocess.Popen([sys.executable, "-m", "vmfixtures", "--quiet", *argv], cwd=self.folder,
+                                env=self._env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return Background(proc, list(argv))
+
+
+class Background:
+    """A long-running operator command; waits on its output lines, not on the clock."""
+
+    def __init__(self, proc: subprocess.Popen, argv: list[str]):
+        self.proc, self.argv = proc, argv
+        self.lines: list[str] = []
+
+    def wait_for_line(self, prefix: str, timeout: float = 60, count: int = 1) -> list[str]:
+        """Block until ``count`` new stdout lines starting with ``prefix`` arrived."""
+        deadline = time.monotonic() + timeout
+        found: list[str] = []
+        while len(found) < count:
+            remaining = deadline - time.monotonic()
+            ready = select.select([self.proc.stdout], [], [], max(0.0, remaining))[0] if remaining > 0 else []
+            if not ready:
+                raise AssertionError(f"`vmfixtures {' '.join(self.argv)}` printed no line starting with "
+                                     f"{prefix!r} within {timeout:.0f}s; so far: {self.lines}")
+            line = self.proc.stdout.readline()
+            if not line:
+                raise AssertionError(f"`vmfixtures {' '.join(self.argv)}` exited {self.proc.wait()}: "
+                                     f"{self.proc.stderr.read().strip()}; output: {self.lines}")
+            self.lines.append(line.rstrip("\n"))
+            if line.startswith(prefix):
+                found.append(line)
+        return found
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def finish(self, timeout: float = 60) -> CommandResult:
+        out, err = self.proc.communicate(timeout=timeout)
+        return CommandResult(self.argv, self.proc.returncode, "\n".join(self.lines) + out, err)
 
 
 class Fixtures:

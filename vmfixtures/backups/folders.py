@@ -8,6 +8,11 @@
 3. ``rsync -a --delete --link-dest=NEWEST SOURCE/ DEST/<timestamp>-partial/``;
 4. rename ``<timestamp>-partial`` to ``<timestamp>`` only when rsync finished.
 
+rsync decides "unchanged" by size and modification time; by default it
+compares whole seconds, so an edit that keeps the size within the same
+second would be missed. We pass ``--modify-window=-1`` (nanoseconds), which
+leaves only edits within one kernel timestamp tick (a few ms) of each other.
+
 A crash or an interruption leaves at most a ``-partial`` folder, which is
 never taken for a snapshot and is removed by the next run. rsync's exit codes
 23 (some files could not be transferred) and 24 (files vanished meanwhile)
@@ -18,6 +23,7 @@ folder and leaves every existing snapshot as it was.
 from __future__ import annotations
 
 import fcntl
+import os
 import re
 import shutil
 import subprocess
@@ -74,7 +80,7 @@ def _check(source: Path, dest: Path) -> None:
 
 
 def _rsync(args: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(["rsync", *args], capture_output=True, text=True)
+    return subprocess.run(["rsync", "--modify-window=-1", *args], capture_output=True, text=True)
 
 
 def _failed_files(stderr: str) -> list[str]:
@@ -94,6 +100,11 @@ def backup_once(source: Path, dest: Path, now: datetime | None = None) -> Backup
         fcntl.flock(lock, fcntl.LOCK_EX)
         for stale in dest.glob(f"*{PARTIAL_SUFFIX}"):
             shutil.rmtree(stale, ignore_errors=True)  # left by an interrupted run
+        corrupt = [p for p in dest.iterdir() if SNAPSHOT_RE.match(p.name)
+                   and (p.is_symlink() or not p.is_dir() or not os.access(p, os.R_OK | os.X_OK))]
+        if corrupt:
+            raise VmfError(f"corrupt snapshot {corrupt[-1]} in {dest}: not a readable folder; repair or move "
+                           "it away (nothing was changed)")
         existing = snapshots(dest)
         previous = existing[-1] if existing else None
         if previous is not None:
