@@ -15,10 +15,12 @@
 """
 
 import atexit
+import json
 import os
 import re
 import signal
 import sys
+import time
 from pathlib import Path
 
 from vmfixtures import capabilities
@@ -30,6 +32,7 @@ from vmfixtures.testkit import Fixtures, Project
 EVIDENCE_DIR = Path("reports/evidence")
 LEASE_TTL = 30.0
 SHARED_TAG = "fixture.vm.shared"
+DRIFT_TAG = "observer.drift"  # scenarios that create drift on purpose
 
 
 def _say(message):
@@ -51,6 +54,7 @@ def before_all(context):
         _say(f"reaped {line}")
     context.client = None
     context.started_daemon = None
+    context.observer_stats = {"healthy": 0, "drift": 0, "findings": 0}
     atexit.register(_finish, context)
     context.capabilities = {"qemu": capabilities.probe_qemu()}
     if not context.capabilities["qemu"].available:
@@ -109,6 +113,7 @@ def before_scenario(context, scenario):
             context.lease = context.feature_lease
         else:
             context.lease = _open_lease(context, "scenario", scenario.name)
+    context.scenario_started = time.time()
     slug = re.sub(r"[^a-z0-9]+", "-", scenario.name.lower()).strip("-")[:60]
     context.project = Project(context.scope.dir / "projects" / slug, context.scope, context.lease)
     context.fixtures = Fixtures(context.scope, context.client)
@@ -122,12 +127,28 @@ def after_scenario(context, scenario):
     if scenario.status == "failed":
         _attach_consoles(context, scenario)
     shared = context.lease is not None and context.lease == context.feature_lease
+    if context.client is not None and context.client.alive():
+        _check_observer(context, scenario)
     if context.client is None:
         leftovers = context.scope.destroy_vms()
         assert not leftovers, f"VMs of scenario '{scenario.name}' survived destruction: {leftovers}"
     elif not shared:
         _end_lease(context, context.lease, scenario.name)
     del context.fixtures
+
+
+def _check_observer(context, scenario):
+    """Zero false positives: every observer pass during a healthy scenario must be clean."""
+    now = time.time()
+    passes = [r for r in context.client.observer_reports()
+              if context.scenario_started <= r["started_at"] and r["started_at"] + r["seconds"] <= now]
+    if DRIFT_TAG in scenario.effective_tags:
+        context.observer_stats["drift"] += len(passes)
+        return
+    context.observer_stats["healthy"] += len(passes)
+    findings = [f for r in passes for f in r["findings"]]
+    context.observer_stats["findings"] += len(findings)
+    assert not findings, f"the observer reported drift during a healthy scenario: {findings}"
 
 
 def _end_lease(context, lease_id, what):
@@ -181,6 +202,12 @@ def _finish(context):
 
 
 def after_all(context):
+    stats = getattr(context, "observer_stats", None)
+    if stats and context.client is not None:
+        _say(f"observer: {stats['healthy']} pass(es) during healthy scenarios, {stats['findings']} finding(s); "
+             f"{stats['drift']} pass(es) during drift scenarios")
+        Path("reports").mkdir(exist_ok=True)
+        Path("reports/observer.json").write_text(json.dumps(stats) + "\n")
     if hasattr(context, "scope"):
         leftovers = _finish(context)
         if leftovers:

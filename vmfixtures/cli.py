@@ -462,11 +462,28 @@ def cmd_backup_clean(args) -> int:
     return 0
 
 
+def cmd_observe(args) -> int:
+    from .observer import Observer, describe
+
+    client = _remote()
+    if client:
+        report = client.observe(fix=args.fix)
+    else:
+        ledger_path = paths.daemon_home() / "ledger.sqlite"
+        if not ledger_path.exists():
+            raise errors.NotFound(f"no daemon ledger at {ledger_path}: nothing to observe")
+        from .daemon.ledger import Ledger
+
+        report = Observer(Ledger(ledger_path), paths.daemon_home()).run(fix=args.fix).to_dict()
+    print(json.dumps(report, indent=2) if args.json else describe(report))
+    return 1 if report["findings"] and not args.fix else 0
+
+
 def cmd_daemon_run(args) -> int:
     from .daemon.server import run_foreground
 
     return run_foreground(paths.daemon_home(), paths.daemon_socket(), args.idle, args.max_idle, args.reap_interval,
-                          args.ready_fd)
+                          args.ready_fd, args.observe_interval)
 
 
 def cmd_daemon_start(args) -> int:
@@ -476,7 +493,8 @@ def cmd_daemon_start(args) -> int:
         print(f"daemon already running (pid {health['pid']}) on {client.socket_path}")
         return 0
     info = start_daemon(client.socket_path, ["--idle", str(args.idle), "--max-idle", str(args.max_idle),
-                                             "--reap-interval", str(args.reap_interval)])
+                                             "--reap-interval", str(args.reap_interval),
+                                             "--observe-interval", str(args.observe_interval)])
     print(f"daemon started (pid {info['pid']}) on {client.socket_path}; log {paths.daemon_home() / 'daemon.log'}")
     for line in info["reclaimed"]:
         print(f"reclaimed {line}")
@@ -684,6 +702,11 @@ def build_parser() -> argparse.ArgumentParser:
     bc.add_argument("--dry-run", action="store_true", help="say what would be deleted, delete nothing")
     bc.set_defaults(func=cmd_backup_clean)
 
+    ob = sub.add_parser("observe", help="compare the daemon's ledger with reality (exit 1 on drift)")
+    ob.add_argument("--json", action="store_true")
+    ob.add_argument("--fix", action="store_true", help="repair what is safe: reap orphans, mark state")
+    ob.set_defaults(func=cmd_observe)
+
     dm = sub.add_parser("daemon", help="the fixture daemon: leases, warm pool, reaping").add_subparsers(
         dest="action", required=True, metavar="ACTION")
     for verb, func, helptext in (("run", cmd_daemon_run, "run in the foreground"),
@@ -692,6 +715,8 @@ def build_parser() -> argparse.ArgumentParser:
         d.add_argument("--idle", type=int, default=1, help="idle restored VMs kept per spec (default 1)")
         d.add_argument("--max-idle", type=int, default=2, help="idle VMs in all (default 2, sized for 2 cores)")
         d.add_argument("--reap-interval", type=float, default=1.0, help="seconds between reaper passes")
+        d.add_argument("--observe-interval", type=float, default=5.0,
+                       help="seconds between observer passes (0: off; default 5)")
         if verb == "run":
             d.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
         d.set_defaults(func=func)

@@ -106,6 +106,14 @@ class Client:
     def consistency(self) -> list[str]:
         return self.request("GET", "/v1/consistency")["problems"]
 
+    def observe(self, fix: bool = False) -> dict:
+        """Run an observer pass now."""
+        return self.request("POST", "/v1/observe", {"fix": fix})
+
+    def observer_reports(self, after: int = 0, wait: float = 0.0) -> list[dict]:
+        """Observer passes numbered above ``after``; ``wait`` blocks until the next one."""
+        return self.request("GET", f"/v1/observer?after={after}&wait={wait}", timeout=wait + 60)
+
     def shutdown(self) -> None:
         self.request("POST", "/v1/shutdown")
 

@@ -104,9 +104,12 @@ class RunScope:
             driver.destroy(name)
         for proc in our_qemu_processes(storage):  # QEMU whose folder is already gone
             _kill(proc)
-        for stray in storage.iterdir():  # folders of VMs that never got a vm.json
-            clear_run_dir(stray)
-            shutil.rmtree(stray, ignore_errors=True)
+        for stray in storage.iterdir():  # folders of VMs that never got a vm.json, stray files
+            if stray.is_dir() and not stray.is_symlink():
+                clear_run_dir(stray)
+                shutil.rmtree(stray, ignore_errors=True)
+            else:
+                stray.unlink(missing_ok=True)
         for run_dir in run_dirs_of(storage):  # socket folders whose VM folder is gone
             shutil.rmtree(run_dir, ignore_errors=True)
         return names

@@ -180,5 +180,11 @@ class Ledger:
             self._exec("DELETE FROM disks WHERE path=?", (new,))  # a removed disk that once had this path
             self._exec("UPDATE disks SET path=? WHERE path=?", (new, old))
 
+    def remove_disk_path(self, path: str) -> None:
+        self._exec("UPDATE disks SET removed_at=? WHERE path=? AND removed_at IS NULL", (time.time(), path))
+
+    def live_tunnels(self) -> list[dict]:
+        return self._rows("SELECT * FROM tunnels WHERE state='up'")
+
     def live_disks(self) -> list[dict]:
         return self._rows("SELECT * FROM disks WHERE removed_at IS NULL")

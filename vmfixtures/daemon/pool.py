@@ -112,9 +112,9 @@ class Pool:
         vm_id = self.ledger.add_vm(str(driver.storage), spec.name, spec.to_dict(), "creating", lease_id=lease_id,
                                    pool_key=pool_key_, source="boot" if made else "restore")
         try:
+            self.ledger.add_disk(str(driver.vm_dir(spec.name) / "disk.qcow2"), vm_id, "overlay")  # before it exists
             boot = driver.create_from_snapshot(spec, snap, owner_pid)
             self.ledger.add_process(boot.info["pid"], boot.info["create_time"], vm_id)
-            self.ledger.add_disk(str(driver.vm_dir(spec.name) / "disk.qcow2"), vm_id, "overlay")
             driver.wait_restored(spec.name, boot)
             driver.release(spec.name)  # the requester connects to the guest agent next
         except BaseException:
@@ -226,6 +226,7 @@ class Pool:
             spec = VMSpec.from_dict(snap["spec"])
             if snap["image"] != image_key or self.key(spec) != d.name:
                 shutil.rmtree(d, ignore_errors=True)
+                self.ledger.remove_disk_path(str(d / "disk.qcow2"))
                 gone.append(f"stale snapshot {d} (image {snap['image']}, now {image_key})")
                 continue
             self.specs.setdefault(d.name, spec)

@@ -63,10 +63,12 @@ def _field(body: dict, name: str, kind, required: bool = True):
 class Daemon:
     """The running daemon: service + HTTP app + periodic tasks."""
 
-    def __init__(self, service: FixtureService, socket_path: Path, reap_interval: float = 1.0):
+    def __init__(self, service: FixtureService, socket_path: Path, reap_interval: float = 1.0,
+                 observe_interval: float = 5.0):
         self.service = service
         self.socket_path = Path(socket_path)
         self.reap_interval = reap_interval
+        self.observe_interval = observe_interval
         self.stopping = asyncio.Event()
         self.last_reap: list[str] = []
 
@@ -88,6 +90,8 @@ class Daemon:
         r.add_get("/v1/consistency", self.consistency)
         r.add_get("/v1/events", self.events)
         r.add_post("/v1/shutdown", self.shutdown)
+        r.add_get("/v1/observer", self.observer_reports)
+        r.add_post("/v1/observe", self.observe)
         return app
 
     @web.middleware
@@ -172,6 +176,33 @@ class Daemon:
     async def events(self, request):
         return web.json_response(self.service.ledger.events(int(request.query.get("limit", 100))))
 
+    async def observer_reports(self, request):
+        try:
+            after = int(request.query.get("after", 0))
+            wait = min(float(request.query.get("wait", 0)), 600.0)
+        except ValueError:
+            raise errors.ConfigError("after must be a pass number and wait a number of seconds") from None
+        return web.json_response(await self._run(self.service.observer_reports, after, wait))
+
+    async def observe(self, request):
+        b = await _body(request)
+        return web.json_response(await self._run(self.service.observe, bool(_field(b, "fix", bool, False))))
+
+    async def _observer(self):
+        while not self.stopping.is_set():
+            try:
+                await asyncio.wait_for(self.stopping.wait(), self.observe_interval)
+            except asyncio.TimeoutError:
+                pass
+            if self.stopping.is_set():
+                break
+            try:
+                report = await self._run(self.service.observe, False)
+                for f in report["findings"]:
+                    log.warning("observer: %s %s (%s)", f["type"], f["object"], f["evidence"])
+            except Exception:
+                log.exception("observer pass failed")
+
     async def shutdown(self, request):
         self.stopping.set()
         return web.json_response({"stopping": True})
@@ -218,10 +249,13 @@ class Daemon:
             os.write(ready_fd, json.dumps({"pid": os.getpid(), "reclaimed": reclaimed}).encode() + b"\n")
             os.close(ready_fd)
         reaper = asyncio.create_task(self._reaper())
+        observer = asyncio.create_task(self._observer()) if self.observe_interval > 0 else None
         self._refill_soon()  # idle VMs for the specs of known snapshots
         await self.stopping.wait()
         log.info("stopping: draining the idle pool")
         reaper.cancel()
+        if observer:
+            observer.cancel()
         await runner.cleanup()
         await self._run(self.service.shutdown)
         self.socket_path.unlink(missing_ok=True)
@@ -261,13 +295,13 @@ def acquire_lock(home: Path, socket_path: Path):
 
 
 def run_foreground(home: Path, socket_path: Path, idle_per_spec: int, max_idle: int, reap_interval: float,
-                   ready_fd: int | None = None) -> int:
+                   ready_fd: int | None = None, observe_interval: float = 5.0) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 <pid>`: thread stacks to the log
     lock = acquire_lock(home, socket_path)
     try:
         service = FixtureService(home, idle_per_spec, max_idle)
-        asyncio.run(Daemon(service, socket_path, reap_interval).serve(ready_fd))
+        asyncio.run(Daemon(service, socket_path, reap_interval, observe_interval).serve(ready_fd))
     finally:
         lock.close()
     return 0

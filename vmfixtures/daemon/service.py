@@ -11,6 +11,7 @@ import os
 import shutil
 import threading
 import time
+from collections import deque
 from pathlib import Path
 
 import psutil
@@ -18,6 +19,7 @@ import psutil
 from ..drivers.qemu import QemuDriver, _live_process, our_qemu_processes, run_dirs_of, runtime_root
 from ..errors import ConfigError, NotFound, VmfError
 from ..spec import VMSpec, check_name, parse_vm
+from ..observer import Observer
 from .ledger import Ledger
 from .pool import Placed, Pool
 
@@ -35,6 +37,28 @@ class FixtureService:
         self.quiet = quiet
         self._vm_lock = threading.RLock()  # placement and destruction of one (storage, name) at a time
         self.started_at = time.time()
+        self.observer = Observer(self.ledger, self.home)
+        self.reports: deque[dict] = deque(maxlen=500)
+        self.new_report = threading.Condition()
+
+    def observe(self, fix: bool = False) -> dict:
+        """One observer pass; kept in the history that `/v1/observer` serves."""
+        report = self.observer.run(fix=fix).to_dict()
+        with self.new_report:
+            self.reports.append(report)
+            self.new_report.notify_all()
+        return report
+
+    def observer_reports(self, after: int = 0, wait: float = 0.0) -> list[dict]:
+        """Reports numbered above ``after``; with ``wait``, block until there is one (or the time is up)."""
+        deadline = time.monotonic() + wait
+        with self.new_report:
+            while True:
+                found = [r for r in self.reports if r["number"] > after]
+                remaining = deadline - time.monotonic()
+                if found or remaining <= 0:
+                    return found
+                self.new_report.wait(remaining)
 
     # -- leases ----------------------------------------------------------
     def open_lease(self, owner_pid: int | None, run_id: str | None, scope: str, scope_key: str | None,

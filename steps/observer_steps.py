@@ -1,0 +1,92 @@
+"""Observer: drift is created for real; the daemon's periodic observer must report it."""
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+from behave import given, then, when
+
+from vmfixtures.drivers.qemu import wait_exit
+
+OBSERVE_INTERVAL = 5.0  # the daemon's default
+
+
+def _mark(context):
+    context.drift_at = time.time()
+
+
+def _next_reports(context, since, passes=1):
+    """The first ``passes`` observer reports that started after ``since`` (waits for them)."""
+    deadline = time.monotonic() + passes * OBSERVE_INTERVAL * 2 + 10
+    found = []
+    while len(found) < passes and time.monotonic() < deadline:
+        last = max([r["number"] for r in found] or [0])
+        for r in context.client.observer_reports(after=last, wait=OBSERVE_INTERVAL + 2):
+            if r["started_at"] >= since and r not in found:
+                found.append(r)
+    assert len(found) >= passes, f"expected {passes} observer pass(es) after the drift, saw {found}"
+    return found[:passes]
+
+
+@when('the QEMU process of "{name}" is killed with SIGKILL')
+def step_kill_qemu(context, name):
+    pid = context.driver.run_info(name)["pid"]
+    _mark(context)
+    os.kill(pid, signal.SIGKILL)
+    assert wait_exit(pid, 10.0), f"QEMU pid {pid} survived SIGKILL"
+
+
+@when('the disk file of "{name}" is deleted')
+def step_delete_disk(context, name):
+    _mark(context)
+    (context.driver.vm_dir(name) / "disk.qcow2").unlink()
+
+
+@when("a stray QEMU named like the project's runs in the storage")
+def step_stray_qemu(context):
+    folder = context.driver.storage / "stray-qemu"
+    folder.mkdir()
+    proc = subprocess.Popen(["qemu-system-x86_64", "-name", "guest=vmfx-stray", "-machine", "none", "-nodefaults",
+                             "-display", "none", "-S"], cwd=folder, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    context.add_cleanup(shutil.rmtree, folder, ignore_errors=True)
+    context.add_cleanup(lambda: (proc.kill(), proc.wait()))  # cleanups run last-added first
+    _mark(context)
+
+
+@when("a stray disk file is dropped into the storage")
+def step_stray_file(context):
+    _mark(context)
+    stray = context.driver.storage / "stray.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(stray), "1G"], check=True)
+    context.add_cleanup(stray.unlink, missing_ok=True)
+
+
+@when('the guest of "{name}" unmounts "{target}" on its own')
+def step_guest_unmounts(context, name, target):
+    _mark(context)
+    context.driver.machine(name).succeed(["fusermount3", "-u", target])
+
+
+@then('within one observer interval the observer reports "{kind}" for "{what}"')
+def step_reported(context, kind, what):
+    report = _next_reports(context, context.drift_at)[0]
+    hits = [f for f in report["findings"] if f["type"] == kind and what in f["object"]]
+    assert hits, f"expected the first observer pass after the drift to report {kind} for {what!r}: {report}"
+    assert all(f["evidence"] and f["fix"] for f in hits), f"expected evidence and a fix in each finding: {hits}"
+    context.drift_reported = hits
+
+
+@given('the QEMU process of "{name}" was killed and the observer reported "{kind}"')
+def step_killed_and_reported(context, name, kind):
+    step_kill_qemu(context, name)
+    step_reported(context, kind, name)
+
+
+@then("the next observer report is clean")
+def step_clean(context):
+    assert context.result.exit_code == 0, f"expected the VM to start; {context.result.describe()}"
+    report = _next_reports(context, time.time())[0]
+    assert report["findings"] == [], f"expected a clean observer report after the recovery, got {report}"

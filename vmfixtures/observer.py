@@ -1,0 +1,237 @@
+"""The observer: the ledger's account of the world against the world itself.
+
+Checks (each finding has a type, the object, the evidence and a suggested fix):
+
+- ``vm-not-running``     a VM the ledger holds as running has no QEMU process
+- ``backend-state``      QEMU runs, but QMP says the guest is not running
+- ``orphan-process``     a QEMU of ours (``guest=vmfx-``) that no ledger row owns
+- ``disk-missing``       a disk the ledger records is not on disk
+- ``orphan-disk``        a disk or stray file in a storage folder that no row owns
+- ``mount-missing``      a mount recorded for a VM is not mounted in its guest
+- ``tunnel-down``        a tunnel recorded as up whose process is gone
+- ``lease-expired-alive`` a lease has ended but its VM still runs
+
+Operations in flight (a hand-off renames a folder, an unmount drops its
+record just after) can look like drift for a moment, so a pass checks twice,
+a short moment apart, and reports only what is still wrong the second time.
+
+``fix`` repairs only what is safe: kill orphan processes, remove orphan
+files, mark VMs without a process as stopped, drop stale mount records,
+destroy VMs of ended leases. It never touches a VM a live lease runs.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import psutil
+
+from .daemon.ledger import Ledger
+from .drivers.qemu import QemuDriver, our_qemu_processes
+from .errors import VmfError
+from .mounts import Mounts, kill_helpers
+
+RUNNING_STATES = ("leased", "pooled")
+CONFIRM_DELAY = 0.3
+
+
+@dataclass
+class Finding:
+    """One disagreement between ledger and reality."""
+
+    type: str
+    object: str
+    evidence: str
+    fix: str
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.type, self.object
+
+
+@dataclass
+class Report:
+    """One observer pass."""
+
+    number: int
+    started_at: float
+    seconds: float
+    findings: list[Finding]
+    fixed: list[str]
+
+    def to_dict(self) -> dict:
+        return {"number": self.number, "started_at": self.started_at, "seconds": round(self.seconds, 3),
+                "findings": [asdict(f) for f in self.findings], "fixed": self.fixed}
+
+
+class Observer:
+    """Checks one daemon's ledger against processes, files and guests."""
+
+    def __init__(self, ledger: Ledger, home: Path):
+        self.ledger = ledger
+        self.home = Path(home)
+        self.passes = 0
+
+    def storages(self) -> set[str]:
+        found = {str(self.home / "pool")}
+        for row in self.ledger.live_vms():
+            found.add(row["storage"])
+        return found
+
+    def check(self) -> list[Finding]:
+        findings: list[Finding] = []
+        live_rows = self.ledger.live_vms()
+        owned_pids = set()
+        for row in live_rows:
+            driver = QemuDriver(storage=Path(row["storage"]), quiet=True)
+            label = f"VM {row['name']} in {row['storage']}"
+            proc = driver.process(row["name"])
+            if proc:
+                owned_pids.add(proc.pid)
+            if row["state"] in RUNNING_STATES and proc is None:
+                info = driver.run_info(row["name"]) or {}
+                findings.append(Finding("vm-not-running", label,
+                                        f"ledger state {row['state']}, QEMU pid {info.get('pid', '?')} is not running",
+                                        "mark it stopped (`vmfixtures observe --fix`), then start or destroy it"))
+            elif proc is not None and row["state"] in RUNNING_STATES:
+                status = _qmp_status(driver, row["name"])
+                if status not in (None, "running"):
+                    findings.append(Finding("backend-state", label, f"ledger says {row['state']}, QMP status "
+                                            f"is {status!r}", "restart the VM, or destroy it"))
+            if proc is not None and row["state"] == "leased":
+                findings += self._check_mounts(driver, row)
+            lease = self.ledger.lease(row["lease_id"]) if row["lease_id"] else None
+            if lease is not None and lease["state"] == "ended" and proc is not None:
+                findings.append(Finding("lease-expired-alive", label,
+                                        f"lease {lease['id']} ended ({lease['end_reason']}) but pid {proc.pid} runs",
+                                        "destroy the VM (`vmfixtures observe --fix`)"))
+        for disk in self.ledger.live_disks():
+            if not Path(disk["path"]).exists():
+                findings.append(Finding("disk-missing", disk["path"], f"{disk['kind']} disk recorded "
+                                        f"{time.ctime(disk['created_at'])} is not on disk",
+                                        "destroy the VM that used it, its data is gone (--fix marks the disk "
+                                        "removed in the ledger)"))
+        storages = self.storages()
+        for proc in our_qemu_processes():
+            try:
+                cwd = proc.cwd()
+            except psutil.Error:
+                continue
+            if proc.pid not in owned_pids and any(cwd.startswith(s) for s in storages):
+                findings.append(Finding("orphan-process", f"QEMU pid {proc.pid}",
+                                        f"runs in {cwd} with no ledger row: {' '.join(proc.cmdline()[:3])}",
+                                        "kill it (`vmfixtures observe --fix`)"))
+        findings += self._orphan_files(storages, live_rows)
+        for tunnel in self.ledger.live_tunnels():
+            if tunnel["pid"] is None or not psutil.pid_exists(tunnel["pid"]):
+                findings.append(Finding("tunnel-down", f"tunnel {tunnel['id']} {tunnel['bind']}",
+                                        f"process {tunnel['pid']} is gone", "restart the tunnel"))
+        return findings
+
+    def _check_mounts(self, driver: QemuDriver, row: dict) -> list[Finding]:
+        mounts = Mounts(driver, row["name"])
+        records = mounts.records()
+        if not records:
+            return []
+        try:
+            in_guest = mounts.guest_mounts()
+        except VmfError:
+            return []  # the guest agent is busy with another client; the next pass will look
+        return [Finding("mount-missing", f"{row['name']}:{r.target}", f"recorded mount of {r.source} is "
+                        f"{'a ' + in_guest[r.target] if r.target in in_guest else 'not'} mounted in the guest",
+                        f"`vmfixtures umount` then `vmfixtures mount` it again (or --fix drops the record)")
+                for r in records if in_guest.get(r.target) != "fuse.sshfs"]
+
+    def _orphan_files(self, storages: set[str], live_rows: list[dict]) -> list[Finding]:
+        owned_dirs = {str(Path(r["storage"]) / r["name"]) for r in live_rows}
+        findings = []
+        for storage in storages:
+            root = Path(storage)
+            if not root.is_dir():
+                continue
+            for entry in root.iterdir():
+                if str(entry) not in owned_dirs:
+                    disks = [p.name for p in entry.rglob("*.qcow2")] if entry.is_dir() else []
+                    findings.append(Finding("orphan-disk", str(entry), f"{'folder' if entry.is_dir() else 'file'} "
+                                            f"in storage {storage} that no ledger row owns"
+                                            + (f" (holds {', '.join(disks)})" if disks else ""),
+                                            "remove it (`vmfixtures observe --fix`)"))
+        return findings
+
+    def run(self, fix: bool = False) -> Report:
+        """One pass: check, confirm what is still wrong a moment later, optionally fix it."""
+        start = time.time()
+        first = self.check()
+        findings = []
+        if first:
+            time.sleep(CONFIRM_DELAY)  # let in-flight operations land before calling it drift
+            again = {f.key: f for f in self.check()}
+            findings = [again[f.key] for f in first if f.key in again]
+        fixed = self.fix(findings) if fix and findings else []
+        self.passes += 1
+        self.ledger.event("observe", f"pass {self.passes}", {"findings": len(findings), "fixed": len(fixed)})
+        return Report(self.passes, start, time.time() - start, findings, fixed)
+
+    def fix(self, findings: list[Finding]) -> list[str]:
+        done = []
+        for f in findings:
+            if f.type == "orphan-process":
+                pid = int(f.object.split()[-1])
+                try:
+                    psutil.Process(pid).kill()
+                    done.append(f"killed orphan QEMU pid {pid}")
+                except psutil.Error:
+                    pass
+            elif f.type == "orphan-disk":
+                path = Path(f.object)
+                if path.is_dir():
+                    kill_helpers(path)
+                    from .drivers.qemu import clear_run_dir
+
+                    clear_run_dir(path)
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+                done.append(f"removed {path}")
+            elif f.type == "disk-missing":
+                self.ledger.remove_disk_path(f.object)
+                done.append(f"marked {f.object} removed in the ledger")
+            elif f.type == "vm-not-running":
+                for row in self.ledger.live_vms():
+                    if f.object == f"VM {row['name']} in {row['storage']}":
+                        self.ledger.update_vm(row["id"], state="stopped")
+                        self.ledger.end_processes(row["id"])
+                        done.append(f"marked {row['name']} stopped")
+            elif f.type == "mount-missing":
+                vm, target = f.object.split(":", 1)
+                for row in self.ledger.live_vms():
+                    if row["name"] == vm:
+                        rec = Path(row["storage"]) / vm / "mounts"
+                        for rec_file in rec.glob("*.json"):
+                            if json.loads(rec_file.read_text())["target"] == target:
+                                rec_file.unlink()
+                                done.append(f"dropped the stale mount record {vm}:{target}")
+        return done
+
+
+def _qmp_status(driver: QemuDriver, name: str) -> str | None:
+    try:
+        with driver._qmp(name) as qmp:
+            return qmp.cmd("query-status")["status"]
+    except (VmfError, OSError, Exception):  # QMP busy or going away: not evidence either way
+        return None
+
+
+def describe(report: dict) -> str:
+    """Human lines for a report (CLI)."""
+    lines = [f"observer pass {report['number']}: {len(report['findings'])} finding(s) in {report['seconds']}s"]
+    for f in report["findings"]:
+        lines.append(f"  {f['type']:<20} {f['object']}\n      evidence: {f['evidence']}\n      fix: {f['fix']}")
+    for line in report["fixed"]:
+        lines.append(f"  fixed: {line}")
+    return "\n".join(lines)
+
