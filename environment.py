@@ -127,14 +127,16 @@ def after_scenario(context, scenario):
     if scenario.status == "failed":
         _attach_consoles(context, scenario)
     shared = context.lease is not None and context.lease == context.feature_lease
-    if context.client is not None and context.client.alive():
-        _check_observer(context, scenario)
-    if context.client is None:
-        leftovers = context.scope.destroy_vms()
-        assert not leftovers, f"VMs of scenario '{scenario.name}' survived destruction: {leftovers}"
-    elif not shared:
-        _end_lease(context, context.lease, scenario.name)
-    del context.fixtures
+    try:
+        if context.client is not None and context.client.alive():
+            _check_observer(context, scenario)
+    finally:  # cleanup first, whatever the check said: a leaked VM would break the next scenarios
+        if context.client is None:
+            leftovers = context.scope.destroy_vms()
+            assert not leftovers, f"VMs of scenario '{scenario.name}' survived destruction: {leftovers}"
+        elif not shared:
+            _end_lease(context, context.lease, scenario.name)
+        del context.fixtures
 
 
 def _check_observer(context, scenario):
@@ -172,15 +174,16 @@ def _attach_consoles(context, scenario):
         allure = None
     folder = EVIDENCE_DIR / re.sub(r"[^A-Za-z0-9]+", "-", scenario.name).strip("-")
     for name in context.driver.names():
-        log = context.driver.vm_dir(name) / "console.log"
-        if not log.exists():
-            continue
-        text = log.read_text(errors="replace")
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{name}-console.log").write_text(text)
-        if allure:
-            allure.attach(text, name=f"{name} serial console", attachment_type=allure.attachment_type.TEXT)
-        print(f"--- serial console of {name} (last 40 lines) ---\n" + "\n".join(text.splitlines()[-40:]))
+        for kind, log in (("serial console", context.driver.vm_dir(name) / "console.log"),
+                          ("QEMU log", context.driver.vm_dir(name) / "qemu.log")):
+            if not log.exists():
+                continue
+            text = log.read_text(errors="replace")
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"{name}-{log.name}").write_text(text)
+            if allure:
+                allure.attach(text, name=f"{name} {kind}", attachment_type=allure.attachment_type.TEXT)
+            print(f"--- {kind} of {name} (last 40 lines) ---\n" + "\n".join(text.splitlines()[-40:]))
 
 
 def _finish(context):

@@ -46,6 +46,7 @@ class MountRecord:
     sftp_pid: int
     sftp_start: float
     started_at: float
+    state: str = "mounting"  # mounting -> mounted -> unmounting: recorded before each step is taken
 
 
 def _key(target: str) -> str:
@@ -150,13 +151,21 @@ class Mounts:
             log.close()
         rec = MountRecord(str(source), target, ssh.pid, psutil.Process(ssh.pid).create_time(),
                           sftp.pid, psutil.Process(sftp.pid).create_time(), time.time())
-        (self.folder / f"{_key(target)}.json").write_text(json.dumps(asdict(rec)))  # recorded before we wait
+        self._save(rec)  # recorded before we wait
         try:
             self._wait_mounted(target, ssh)
         except VmfError:
             self._stop_helpers(rec)
             raise
+        rec.state = "mounted"
+        self._save(rec)
         return rec
+
+    def _save(self, rec: MountRecord) -> None:
+        path = self.folder / f"{_key(rec.target)}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(rec)))
+        os.replace(tmp, path)
 
     def _sftp_command(self, source: Path) -> list[str]:
         # Only the mounted folder is visible (and writable); system files are read-only; no network.
@@ -196,9 +205,13 @@ class Mounts:
         if rec is None:
             raise ConfigError(f"nothing is mounted at {target} in VM '{self.name}' by vmfixtures")
         m = self.driver.machine(self.name)
+        rec.state = "unmounting"
+        self._save(rec)
         if self.guest_mounts().get(target) == "fuse.sshfs":
             r = m.execute(["fusermount3", "-u", target])
             if not r.ok:
+                rec.state = "mounted"
+                self._save(rec)
                 raise GuestError(f"unmounting {target} in VM '{self.name}' failed: {r.stderr.strip() or r.stdout.strip()}")
         self._stop_helpers(rec)
         return rec

@@ -134,7 +134,7 @@ class Observer:
 
     def _check_mounts(self, driver: QemuDriver, row: dict) -> list[Finding]:
         mounts = Mounts(driver, row["name"])
-        records = mounts.records()
+        records = [r for r in mounts.records() if r.state == "mounted"]  # others are in transition
         if not records:
             return []
         try:
