@@ -122,15 +122,21 @@ def _create_remote(client: Client, storage: Path, specs) -> int:
     return failed.exit_code if failed else 0
 
 
-def cmd_vm_start(args) -> int:
+def _boot(args, action: str, done: str) -> int:
+    """start or restart, through the daemon when one runs."""
     client = _remote()
     if client:
-        r = client.vm("start", _storage(args), name=args.name)
-        print(f"VM '{args.name}' running ({r['accel']}, ssh 127.0.0.1:{r['ssh_port']})")
-        return 0
-    m = _driver(args).start(args.name)
-    print(f"VM '{args.name}' running ({m.accel}, ssh 127.0.0.1:{m.ssh_port})")
+        r = client.vm(action, _storage(args), name=args.name)
+        accel, port = r["accel"], r["ssh_port"]
+    else:
+        m = getattr(_driver(args), action)(args.name)
+        accel, port = m.accel, m.ssh_port
+    print(f"VM '{args.name}' {done} ({accel}, ssh 127.0.0.1:{port})")
     return 0
+
+
+def cmd_vm_start(args) -> int:
+    return _boot(args, "start", "running")
 
 
 def cmd_vm_stop(args) -> int:
@@ -147,14 +153,7 @@ def cmd_vm_stop(args) -> int:
 
 
 def cmd_vm_restart(args) -> int:
-    client = _remote()
-    if client:
-        r = client.vm("restart", _storage(args), name=args.name)
-        print(f"VM '{args.name}' restarted ({r['accel']}, ssh 127.0.0.1:{r['ssh_port']})")
-        return 0
-    m = _driver(args).restart(args.name)
-    print(f"VM '{args.name}' restarted ({m.accel}, ssh 127.0.0.1:{m.ssh_port})")
-    return 0
+    return _boot(args, "restart", "restarted")
 
 
 def cmd_vm_destroy(args) -> int:

@@ -31,7 +31,7 @@ from pathlib import Path
 import psutil
 
 from .daemon.ledger import Ledger
-from .drivers.qemu import QemuDriver, our_qemu_processes
+from .drivers.qemu import QemuDriver, orphan_qemus
 from .errors import VmfError
 from .mounts import Mounts, kill_helpers
 
@@ -116,15 +116,10 @@ class Observer:
                                         "destroy the VM that used it, its data is gone (--fix marks the disk "
                                         "removed in the ledger)"))
         storages = self.storages()
-        for proc in our_qemu_processes():
-            try:
-                cwd = proc.cwd()
-            except psutil.Error:
-                continue
-            if proc.pid not in owned_pids and any(cwd.startswith(s) for s in storages):
-                findings.append(Finding("orphan-process", f"QEMU pid {proc.pid}",
-                                        f"runs in {cwd} with no ledger row: {' '.join(proc.cmdline()[:3])}",
-                                        "kill it (`vmfixtures observe --fix`)"))
+        for proc, cwd in orphan_qemus(storages, owned_pids):
+            findings.append(Finding("orphan-process", f"QEMU pid {proc.pid}",
+                                    f"runs in {cwd} with no ledger row: {' '.join(proc.cmdline()[:3])}",
+                                    "kill it (`vmfixtures observe --fix`)"))
         findings += self._orphan_files(storages, live_rows)
         for tunnel in self.ledger.live_tunnels():
             if tunnel["pid"] is None or not psutil.pid_exists(tunnel["pid"]):

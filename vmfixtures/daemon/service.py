@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 
-from ..drivers.qemu import QemuDriver, _live_process, our_qemu_processes, run_dirs_of, runtime_root
+from ..drivers.qemu import QemuDriver, _live_process, orphan_qemus, our_qemu_processes, run_dirs_of, runtime_root
 from ..errors import ConfigError, NotFound, VmfError
 from ..spec import VMSpec, check_name, parse_vm
 from ..observer import Observer
@@ -235,15 +235,9 @@ class FixtureService:
                 self.ledger.update_vm(row["id"], state="stopped")
                 self.ledger.end_processes(row["id"])
                 reclaimed.append(f"VM {row['name']} marked stopped (its QEMU is gone)")
-        known = {(p["pid"]) for p in self.ledger.live_processes()}
-        for proc in our_qemu_processes():
-            try:
-                cwd = proc.cwd()
-            except psutil.Error:
-                continue
-            if proc.pid not in known and any(cwd.startswith(s) for s in storages):
-                proc.kill()
-                reclaimed.append(f"orphan QEMU pid {proc.pid} in {cwd}")
+        for proc, cwd in orphan_qemus(storages, {p["pid"] for p in self.ledger.live_processes()}):
+            proc.kill()
+            reclaimed.append(f"orphan QEMU pid {proc.pid} in {cwd}")
         reclaimed += self.pool.load_snapshots()
         pool_dir = self.pool.driver.storage
         if pool_dir.is_dir():

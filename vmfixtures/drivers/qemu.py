@@ -529,6 +529,19 @@ def process_alive(pid: int) -> bool:
         return False
 
 
+def orphan_qemus(storages, known_pids) -> list[tuple[psutil.Process, str]]:
+    """(process, working folder) of our QEMUs running under ``storages`` whose pid is not known."""
+    found = []
+    for proc in our_qemu_processes():
+        try:
+            cwd = proc.cwd()
+        except psutil.Error:
+            continue
+        if proc.pid not in known_pids and any(cwd.startswith(str(s)) for s in storages):
+            found.append((proc, cwd))
+    return found
+
+
 def _live_process(pid: int, create_time: float) -> psutil.Process | None:
     if not process_alive(pid):
         return None
