@@ -181,6 +181,24 @@ def cmd_vm_destroy(args) -> int:
     return 0
 
 
+def cmd_vm_snapshot(args) -> int:
+    snap = _driver(args).save_vm_snapshot(args.name, args.tag)
+    print(f"VM '{args.name}' saved as snapshot '{args.tag}' ({snap})")
+    return 0
+
+
+def cmd_vm_snapshots(args) -> int:
+    for tag in _driver(args).vm_snapshots(args.name):
+        print(tag)
+    return 0
+
+
+def cmd_vm_restore(args) -> int:
+    m = _driver(args).restore_vm_snapshot(args.name, args.tag)
+    print(f"VM '{args.name}' restored to snapshot '{args.tag}' (ssh 127.0.0.1:{m.ssh_port})")
+    return 0
+
+
 def cmd_vm_list(args) -> int:
     rows = describe_vms(_driver(args))
     if args.json:
@@ -627,6 +645,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, help="seconds to wait for the guest to power off (default: scaled to this machine)")
     named("restart", "stop, then start", cmd_vm_restart)
     named("destroy", "kill the VM and remove its disk and files", cmd_vm_destroy, all_flag=True, config=True)
+    sn = named("snapshot", "save a running VM's memory and disk under a tag (it keeps running)", cmd_vm_snapshot)
+    sn.add_argument("tag")
+    named("snapshots", "list a VM's snapshots", cmd_vm_snapshots)
+    rs = named("restore", "put a VM back to a snapshot: disk and running processes as they were", cmd_vm_restore)
+    rs.add_argument("tag")
     ls = vm.add_parser("list", help="VMs in the storage folder and their state")
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=cmd_vm_list)

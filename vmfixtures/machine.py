@@ -60,6 +60,20 @@ class Machine:
             raise GuestError(f"on {self.name}: expected failure, but {result.describe()}")
         return result.stderr
 
+    def wait_until_succeeds(self, command: str, timeout: float = 30.0) -> str:
+        """Re-run ``command`` in the guest until it succeeds (the loop runs inside the guest)."""
+        return self.succeed(self._retry_loop(command, "", timeout), timeout=timeout + 10)
+
+    def wait_until_fails(self, command: str, timeout: float = 30.0) -> str:
+        """Re-run ``command`` in the guest until it fails."""
+        return self.succeed(self._retry_loop(command, "!", timeout), timeout=timeout + 10)
+
+    @staticmethod
+    def _retry_loop(command: str, negate: str, timeout: float) -> str:
+        tries = max(1, int(timeout / 0.05))
+        return (f"i=0; until {negate} {command}; do i=$((i+1)); [ $i -ge {tries} ] && exit 1; "
+                f"busybox usleep 50000; done")
+
     def read_file(self, path: str) -> bytes:
         return self.agent.read_file(path)
 

@@ -12,8 +12,8 @@ Checks (each finding has a type, the object, the evidence and a suggested fix):
 - ``lease-expired-alive`` a lease has ended but its VM still runs
 
 Operations in flight (a hand-off renames a folder, an unmount drops its
-record just after) can look like drift for a moment, so a pass checks twice,
-a short moment apart, and reports only what is still wrong the second time.
+record just after) can look like drift for a moment, so a pass re-checks
+twice more over about a second, and reports only what is still wrong.
 
 ``fix`` repairs only what is safe: kill orphan processes, remove orphan
 files, mark VMs without a process as stopped, drop stale mount records,
@@ -36,7 +36,7 @@ from .errors import VmfError
 from .mounts import Mounts, kill_helpers
 
 RUNNING_STATES = ("leased", "pooled")
-CONFIRM_DELAY = 0.3
+CONFIRM_DELAYS = (0.3, 0.7)  # re-checks; drift must survive both (about a second in all)
 
 
 @dataclass
@@ -160,12 +160,13 @@ class Observer:
     def run(self, fix: bool = False) -> Report:
         """One pass: check, confirm what is still wrong a moment later, optionally fix it."""
         start = time.time()
-        first = self.check()
-        findings = []
-        if first:
-            time.sleep(CONFIRM_DELAY)  # let in-flight operations land before calling it drift
+        findings = self.check()
+        for delay in CONFIRM_DELAYS:
+            if not findings:
+                break
+            time.sleep(delay)  # let operations in flight land before calling it drift
             again = {f.key: f for f in self.check()}
-            findings = [again[f.key] for f in first if f.key in again]
+            findings = [again[f.key] for f in findings if f.key in again]
         fixed = self.fix(findings) if fix and findings else []
         self.passes += 1
         self.ledger.event("observe", f"pass {self.passes}", {"findings": len(findings), "fixed": len(fixed)})

@@ -235,7 +235,12 @@ class FixtureService:
                 self.ledger.update_vm(row["id"], state="stopped")
                 self.ledger.end_processes(row["id"])
                 reclaimed.append(f"VM {row['name']} marked stopped (its QEMU is gone)")
-        for proc, cwd in orphan_qemus(storages, {p["pid"] for p in self.ledger.live_processes()}):
+        known = {p["pid"] for p in self.ledger.live_processes()}
+        for row in self.ledger.live_vms():  # a VM restarted or restored outside the daemon has a new pid
+            info = QemuDriver(storage=Path(row["storage"]), quiet=True).run_info(row["name"])
+            if info:
+                known.add(info["pid"])
+        for proc, cwd in orphan_qemus(storages, known):
             proc.kill()
             reclaimed.append(f"orphan QEMU pid {proc.pid} in {cwd}")
         reclaimed += self.pool.load_snapshots()

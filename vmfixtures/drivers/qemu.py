@@ -394,21 +394,26 @@ class QemuDriver:
             self.destroy(spec.name)
             raise
 
-    def wait_restored(self, name: str, boot: "Boot") -> Machine:
-        """Load the memory snapshot into a launched VM, resume it, fix clock and hostname."""
-        snapshot = Path(self._meta(name)["snapshot"])
+    def wait_restored(self, name: str, boot: "Boot", mem: Path | None = None, personalize: bool = True) -> Machine:
+        """Load a memory snapshot into a launched VM and resume it; fix clock and hostname
+        (``personalize``) when it came from a pool snapshot shared by many VMs."""
+        mem = mem or Path(self._meta(name)["snapshot"]) / "mem.state"
+        snapshot = mem.parent
         info = boot.info
         try:
             with self._qmp(name) as qmp:
                 qmp.cmd("migrate-set-capabilities", capabilities=[{"capability": "events", "state": True}])
-                qmp.cmd("migrate-incoming", uri=f"exec:cat {shlex.quote(str(snapshot / 'mem.state'))}")
+                qmp.cmd("migrate-incoming", uri=f"exec:cat {shlex.quote(str(mem))}")
                 _wait_migration(qmp, self.accel().scale(60), f"restore of '{name}'")
                 qmp.cmd("cont")
                 info["ssh_port"] = _forwarded_port(qmp.cmd("human-monitor-command", **{"command-line": "info usernet"}))
             info["restored_from"] = str(snapshot)
             _write_json(self.vm_dir(name) / "run" / "run.json", info)
             m = self.machine(name)
-            self.personalize(m)
+            if personalize:
+                self.personalize(m)
+            else:
+                m.agent.set_time()  # the guest clock stopped with the snapshot
         except BaseException as exc:
             _kill(psutil.Process(boot.proc.pid) if boot.proc.poll() is None else None)
             clear_run_dir(self.vm_dir(name))
@@ -417,6 +422,68 @@ class QemuDriver:
             raise
         boot.progress.step(f"restored in {boot.progress.elapsed():.2f}s (ssh 127.0.0.1:{info['ssh_port']})")
         return m
+
+    # -- named VM snapshots (memory + disk) -----------------------------------
+    def save_vm_snapshot(self, name: str, tag: str) -> Path:
+        """Save a running VM's memory and disk as ``tag``; the VM keeps running.
+
+        The guest is paused, its memory migrated to ``mem.state`` (completion
+        flushes and releases the disk), the disk overlay copied, and the guest
+        resumed: the pause lasts about as long as the memory write.
+        """
+        check_name(tag, "snapshot tag")
+        proc = self.process(name)
+        if not proc:
+            raise GuestError(f"VM '{name}' is not running; only a running VM can be snapshotted")
+        dest = self.vm_dir(name) / "snapshots" / tag
+        if dest.exists():
+            raise Mismatch(f"VM '{name}' already has a snapshot '{tag}'; delete it or choose another tag")
+        partial = dest.with_name(f".{tag}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        try:
+            with self._qmp(name) as qmp:
+                qmp.cmd("migrate-set-capabilities", capabilities=[{"capability": "events", "state": True}])
+                qmp.cmd("stop")
+                try:
+                    qmp.cmd("migrate", uri=f"exec:cat > {shlex.quote(str(partial / 'mem.state'))}")
+                    _wait_migration(qmp, self.accel().scale(60), f"snapshot '{tag}' of '{name}'")
+                    subprocess.run(["cp", "--sparse=always", str(self.vm_dir(name) / "disk.qcow2"),
+                                    str(partial / "disk.qcow2")], check=True, capture_output=True)
+                finally:
+                    qmp.cmd("cont")  # resume whatever happened: a failed snapshot must not leave it paused
+            _write_json(partial / "snapshot.json", {"tag": tag, "vm": name, "created_at": time.time(),
+                                                    "spec": self._meta(name)["spec"]})
+            os.rename(partial, dest)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        return dest
+
+    def vm_snapshots(self, name: str) -> list[str]:
+        self._meta(name)
+        folder = self.vm_dir(name) / "snapshots"
+        return sorted(d.name for d in folder.iterdir() if (d / "snapshot.json").is_file()) if folder.is_dir() else []
+
+    def restore_vm_snapshot(self, name: str, tag: str) -> Machine:
+        """Put the VM back to snapshot ``tag``: its disk as it was, its memory (processes) as they were."""
+        snap = self.vm_dir(name) / "snapshots" / tag
+        if not (snap / "snapshot.json").is_file():
+            known = ", ".join(self.vm_snapshots(name)) or "none"
+            raise NotFound(f"VM '{name}' has no snapshot '{tag}' (snapshots: {known})")
+        proc = self.process(name)
+        self.release(name)
+        kill_helpers(self.vm_dir(name))
+        if proc:
+            _kill(proc)  # the running state is discarded: that is what restoring means
+        clear_run_dir(self.vm_dir(name))
+        tmp = self.vm_dir(name) / ".disk.restore"
+        subprocess.run(["cp", "--sparse=always", str(snap / "disk.qcow2"), str(tmp)], check=True, capture_output=True)
+        os.replace(tmp, self.vm_dir(name) / "disk.qcow2")
+        with open(self.vm_dir(name) / "console.log", "a") as log:
+            log.write(f"[vmfixtures] restored VM snapshot '{tag}' at {time.ctime()}\n")
+        boot = self.launch(name, incoming=True)
+        return self.wait_restored(name, boot, snap / "mem.state", personalize=False)
 
     def personalize(self, m: Machine, clock: bool = True) -> None:
         """What must differ between VMs restored from one snapshot: the clock and the hostname.

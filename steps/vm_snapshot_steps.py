@@ -1,0 +1,42 @@
+"""VM snapshots: saved and restored through the CLI; files and processes checked in the guest."""
+
+from behave import given, then, when
+
+
+@given('the operator saved the snapshot "{tag}" of "{name}"')
+def step_saved(context, tag, name):
+    r = context.project.operator("vm", "snapshot", name, tag)
+    assert r.exit_code == 0, f"expected the snapshot saved; {r.describe()}"
+
+
+@when('the operator restores the snapshot "{tag}" of "{name}"')
+def step_restore(context, tag, name):
+    context.result = context.project.operator("vm", "restore", name, tag)
+
+
+from vmfixtures.errors import GuestError
+
+
+def _pgrep(command):
+    return f"pgrep -xf '{command}' >/dev/null"
+
+
+@given('the guest of "{name}" runs the long process "{command}"')
+def step_long_process(context, name, command):
+    m = context.driver.machine(name)
+    m.succeed(f"setsid {command} >/dev/null 2>&1 < /dev/null &")
+    m.wait_until_succeeds(_pgrep(command), timeout=10)
+
+
+@given('the guest of "{name}" stopped the process "{command}"')
+def step_stop_process(context, name, command):
+    m = context.driver.machine(name)
+    m.succeed(f"pkill -xf '{command}'")
+    m.wait_until_fails(_pgrep(command), timeout=10)
+
+
+@then('the process "{command}" runs in the guest of "{name}"')
+def step_process_runs(context, command, name):
+    assert context.result.exit_code == 0, f"expected the restore to succeed; {context.result.describe()}"
+    r = context.driver.machine(name).execute(_pgrep(command))
+    assert r.ok, f"expected '{command}' running again in '{name}' right after the restore, pgrep: {r.describe()}"
