@@ -11,8 +11,7 @@ from vmfixtures.spec import load_config
 
 
 def _run(context, *argv):
-    context.config_before = context.project.config_path.read_text()
-    context.result = context.project.operator(*argv, "-c", str(context.project.config_path))
+    context.result = context.project.operator_on_config(*argv)
     return context.result
 
 

@@ -9,8 +9,7 @@ from vmfixtures.spec import load_config
 
 
 def _run(context, *argv):
-    context.config_before = context.project.config_path.read_text()
-    context.result = context.project.operator(*argv, "-c", str(context.project.config_path))
+    context.result = context.project.operator_on_config(*argv)
     return context.result
 
 
@@ -136,4 +135,4 @@ def step_fails_saying(context, words):
 @then("the config is unchanged")
 def step_config_unchanged(context):
     now = context.project.config_path.read_text()
-    assert now == context.config_before, f"expected the config untouched, it changed to:\n{now}"
+    assert now == context.project.config_before, f"expected the config untouched, it changed to:\n{now}"

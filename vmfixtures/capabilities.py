@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass
 
@@ -33,8 +34,6 @@ def probe_libvirt() -> Capability:
 
 
 def probe_claude() -> Capability:
-    import os
-
     missing = [v for v in ("ANTHROPIC_API_KEY", "VMFIXTURES_CLAUDE_TARBALL") if not os.environ.get(v)]
     if missing:
         return Capability(False, f"no credentials or artifact for Claude Code ({', '.join(missing)} not set)")

@@ -98,6 +98,12 @@ class Project:
                               env=self._env(), capture_output=True, text=True, timeout=timeout)
         return CommandResult(list(argv), proc.returncode, proc.stdout, proc.stderr)
 
+    def operator_on_config(self, *argv: str) -> CommandResult:
+        """`vmfixtures ARGV... -c <config>`, remembering the config's text first (``config_before``)
+        so that a step can tell whether a refused command left it unchanged."""
+        self.config_before = self.config_path.read_text()
+        return self.operator(*argv, "-c", str(self.config_path))
+
     def start(self, *argv: str) -> "Background":
         """Start a long-running `vmfixtures ARGV...` (repeated backups, ...)."""
         proc = subprocess.Popen([sys.executable, "-m", "vmfixtures", "--quiet", *argv], cwd=self.folder,
