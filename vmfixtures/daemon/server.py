@@ -154,6 +154,9 @@ class Daemon:
             result = await self._run(s.create, storage, _field(b, "spec", dict), _field(b, "lease", str, False))
             self._refill_soon()
             return web.json_response(result, status=201 if result["status"] == "created" else 200)
+        if action == "create_from_disk":
+            return web.json_response(await self._run(s.create_from_disk, storage, _field(b, "spec", dict),
+                                                     _field(b, "disk", str), _field(b, "lease", str, False)), status=201)
         name = _field(b, "name", str)
         if action == "stop":
             return web.json_response(await self._run(s.stop, storage, name, _field(b, "timeout", (int, float), False)))

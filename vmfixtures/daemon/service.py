@@ -169,6 +169,28 @@ class FixtureService:
         self.ledger.event("vm-create", f"{storage}/{name}", {"source": placed.source, "lease": lease_id})
         return {"status": "created", "source": placed.source, "state": "running", "name": name}
 
+    def create_from_disk(self, storage: str, spec_body: dict, disk: str, lease_id: str | None) -> dict:
+        """Adopt a standalone disk (a restored backup) as VM ``spec.name``, recorded before it boots."""
+        body = dict(spec_body)
+        name = check_name(body.pop("name", None), "spec.name")
+        spec = parse_vm(name, body, "spec")
+        lease = self._lease_for(lease_id)
+        if not Path(disk).is_file():
+            raise NotFound(f"disk {disk} does not exist")
+        driver = QemuDriver(storage=Path(storage), quiet=True)
+        vm_id = self.ledger.add_vm(storage, name, spec.to_dict(), "creating", lease_id=lease_id, source="backup")
+        self.ledger.add_disk(str(driver.vm_dir(name) / "disk.qcow2"), vm_id, "restored")
+        try:
+            driver.create_from_disk(spec, Path(disk), lease["owner_pid"] if lease else None)
+        except BaseException:
+            self.ledger.update_vm(vm_id, state="destroyed")
+            self.ledger.remove_disks(vm_id)
+            raise
+        info = driver.run_info(name)
+        self.ledger.add_process(info["pid"], info["create_time"], vm_id)
+        self.ledger.update_vm(vm_id, state="leased" if lease_id else "stopped")
+        return {"status": "created", "source": "backup", "state": "running", "name": name}
+
     def _row(self, storage: str, name: str) -> dict:
         row = self.ledger.find_vm(storage, name)
         if row is None:
