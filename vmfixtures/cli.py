@@ -202,7 +202,7 @@ def cmd_vm_restore(args) -> int:
 def cmd_vm_backup(args) -> int:
     from .backups import disks
 
-    link = disks.backup(_driver(args), args.name, Path(args.dest).absolute(), full=args.full)
+    link = disks.backup(_driver(args), args.name, Path(args.dest).absolute(), full=args.full, group_by=args.group_by)
     print(f"{link['kind']} backup of VM '{args.name}': {link['file']} ({link['bytes'] / 1024**2:.1f} MiB)")
     return 0
 
@@ -220,6 +220,25 @@ def cmd_vm_backup_status(args) -> int:
             print(f"    {link['kind']:<11} {Path(link['file']).name}  {link['bytes'] / 1024**2:.1f} MiB")
     if not found:
         print(f"no backup chains in {args.dest}")
+    return 0
+
+
+def cmd_vm_backup_prune(args) -> int:
+    from .backups import disks
+
+    gone = disks.prune(Path(args.dest), args.keep, dry_run=args.dry_run)
+    verb = "would delete" if args.dry_run else "deleted"
+    for chain in gone:
+        print(f"{verb} chain {chain}")
+    print(f"kept the newest {args.keep} chain(s) in {args.dest}; {verb} {len(gone)}")
+    return 0
+
+
+def cmd_vm_backup_scrub(args) -> int:
+    from .backups import disks
+
+    had = disks.scrub(_driver(args), args.name)
+    print(f"VM '{args.name}': backup bitmap {'removed' if had else 'was not there'}; the next backup is full")
     return 0
 
 
@@ -697,6 +716,14 @@ def build_parser() -> argparse.ArgumentParser:
                cmd_vm_backup)
     bk.add_argument("dest", help="backup folder (chains are grouped by month inside)")
     bk.add_argument("--full", action="store_true", help="start a new chain with a full backup")
+    bk.add_argument("--group-by", default="month", choices=["month", "quarter", "half-year", "year"],
+                    help="period that groups a chain (default month): a new period starts a full backup")
+    bp = vm.add_parser("backup-prune", help="delete all but the newest N backup chains")
+    bp.add_argument("dest")
+    bp.add_argument("--keep", type=int, required=True)
+    bp.add_argument("--dry-run", action="store_true")
+    bp.set_defaults(func=cmd_vm_backup_prune)
+    named("backup-scrub", "remove the backup bitmap from a running VM (the next backup is full)", cmd_vm_backup_scrub)
     bs = vm.add_parser("backup-status", help="backup chains, links and sizes")
     bs.add_argument("dest")
     bs.add_argument("--json", action="store_true")

@@ -9,28 +9,79 @@ file whose backing file is the previous backup, so a chain
 (``full.qcow2 <- inc-0001.qcow2 <- ...``) reads as the disk at the time of
 its last link, and ``qemu-img convert`` flattens it into a bootable disk.
 
-A chain lives in ``DEST/<YYYY-MM>/`` (grouped by month) with ``chain.json``.
-Files are written as ``*.partial`` and renamed when the job completed, so a
-failed backup leaves no link that looks valid and never alters earlier ones.
+Chains are grouped by period (``--group-by month|quarter|half-year|year``):
+the first backup of a period is full and starts ``DEST/<period>/`` (e.g.
+``2026-11``, ``2026-Q4``, ``2026-H2``, ``2026``); later ones in the same period
+are incremental. A forced full backup starts ``DEST/<period>.<n>/``. Each
+chain keeps ``chain.json`` (VM, links, sizes). Files are written as
+``*.partial`` and renamed when the job completed, so a failed backup leaves no
+link that looks valid and never alters earlier ones.
+
+``prune`` keeps the newest N chains; ``scrub`` removes the dirty bitmap from
+the VM (the next backup is then full).
+
+Exit codes (the CLI's): 3 unknown VM or chain, 5 qemu-img missing,
+6 destination not writable, 8 QEMU refused or failed the job.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import time
 from datetime import datetime
 from pathlib import Path
 
-from ..errors import GuestError, NotFound, Timeout, VmfError
+from ..errors import ConfigError, GuestError, MissingDependency, NotFound, PermissionDenied, Timeout, VmfError
 
 BITMAP = "vmfx-backup"
 NODE = "disk0"
 
 
-def _chain_dir(dest: Path) -> Path:
-    return Path(dest) / datetime.now().strftime("%Y-%m")
+PERIODS = ("month", "quarter", "half-year", "year")
+
+
+def period_name(when: datetime, group_by: str) -> str:
+    """The folder name of the period ``when`` falls in."""
+    if group_by == "month":
+        return when.strftime("%Y-%m")
+    if group_by == "quarter":
+        return f"{when.year}-Q{(when.month - 1) // 3 + 1}"
+    if group_by == "half-year":
+        return f"{when.year}-H{1 if when.month <= 6 else 2}"
+    if group_by == "year":
+        return str(when.year)
+    raise ConfigError(f"--group-by {group_by!r}: use one of {', '.join(PERIODS)}")
+
+
+def _current_chain(dest: Path, name: str, period: str) -> Path | None:
+    """The newest chain of VM ``name`` in this period, if any."""
+    found = [c for c in Path(dest).glob(f"{period}*") if (c.name == period or c.name.startswith(period + "."))
+             and _meta(c).get("vm") == name and _meta(c)["links"]]
+    return max(found, key=lambda c: _meta(c)["links"][0]["at"]) if found else None
+
+
+def _new_chain(dest: Path, period: str) -> Path:
+    chain, n = Path(dest) / period, 1
+    while chain.exists():
+        n += 1
+        chain = Path(dest) / f"{period}.{n}"
+    chain.mkdir(parents=True)
+    return chain
+
+
+def _check_dest(dest: Path) -> None:
+    if shutil.which("qemu-img") is None:
+        raise MissingDependency("'qemu-img' not found: install the Debian package 'qemu-utils'")
+    try:
+        Path(dest).mkdir(parents=True, exist_ok=True)
+        probe = Path(dest) / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise PermissionDenied(f"backup destination {dest} is not writable: {exc.strerror}") from None
 
 
 def _meta(chain: Path) -> dict:
@@ -73,22 +124,22 @@ def _run_job(qmp, actions: list[dict], job: str, timeout: float) -> None:
             raise GuestError("disk backup job was cancelled")
 
 
-def backup(driver, name: str, dest: Path, full: bool = False) -> dict:
-    """Back up VM ``name``'s disk into the current chain in ``dest``: full when needed, else incremental."""
+def backup(driver, name: str, dest: Path, full: bool = False, group_by: str = "month") -> dict:
+    """Back up VM ``name``'s disk: incremental into this period's chain, else full into a new one."""
     spec = driver.spec(name)  # NotFound for an unknown VM
+    period = period_name(datetime.now(), group_by)
     if not driver.process(name):
         raise GuestError(f"VM '{name}' is not running; disk backups are taken from a running VM")
-    chain = _chain_dir(dest)
-    chain.mkdir(parents=True, exist_ok=True)
-    meta = _meta(chain)
+    _check_dest(dest)
     with driver._qmp(name) as qmp:
         qmp.cmd("migrate-set-capabilities", capabilities=[{"capability": "events", "state": True}])
-        incremental = bool(meta["links"]) and not full and meta.get("vm") == name and _has_bitmap(qmp)
-        n = len(meta["links"]) if incremental else 0
-        final = chain / (f"inc-{n:04d}.qcow2" if incremental else "full.qcow2")
-        if not incremental and meta["links"]:  # a new full backup starts a new chain in its own folder
-            chain = Path(dest) / datetime.now().strftime("%Y-%m-%dT%H%M%S")
-            chain.mkdir(parents=True)
+        chain = None if full else _current_chain(dest, name, period)
+        incremental = chain is not None and _has_bitmap(qmp)
+        if incremental:
+            meta = _meta(chain)
+            final = chain / f"inc-{len(meta['links']):04d}.qcow2"
+        else:
+            chain = _new_chain(dest, period)
             meta, final = {"links": []}, chain / "full.qcow2"
         partial = final.with_suffix(".partial")
         create = ["qemu-img", "create", "-q", "-f", "qcow2"]
@@ -118,6 +169,8 @@ def backup(driver, name: str, dest: Path, full: bool = False) -> dict:
             _run_job(qmp, actions, job, driver.accel().scale(600))
         except BaseException:
             partial.unlink(missing_ok=True)
+            if not incremental:
+                shutil.rmtree(chain, ignore_errors=True)  # the chain this full backup was to start
             raise
         finally:
             qmp.cmd("blockdev-del", **{"node-name": "vmfx-bk-target"})
@@ -138,6 +191,30 @@ def chains(dest: Path) -> list[dict]:
         out.append({"chain": str(chain), "vm": meta.get("vm"), "links": meta["links"],
                     "bytes": sum(l["bytes"] for l in meta["links"])})
     return out
+
+
+def prune(dest: Path, keep: int, dry_run: bool = False) -> list[Path]:
+    """Delete all but the newest ``keep`` chains (whole chains only: a link is useless without its base)."""
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        raise ConfigError(f"--keep {keep!r}: keep at least 1 chain")
+    found = sorted((Path(c["chain"]) for c in chains(dest)), key=lambda c: _meta(c)["links"][0]["at"])
+    gone = found[:-keep]
+    if not dry_run:
+        for chain in gone:
+            shutil.rmtree(chain)
+    return gone
+
+
+def scrub(driver, name: str) -> bool:
+    """Remove the backup bitmap from the VM's disk; True if there was one. The next backup is full."""
+    driver.spec(name)
+    if not driver.process(name):
+        raise GuestError(f"VM '{name}' is not running")
+    with driver._qmp(name) as qmp:
+        if not _has_bitmap(qmp):
+            return False
+        qmp.cmd("block-dirty-bitmap-remove", node=NODE, name=BITMAP)
+        return True
 
 
 def restore(chain: Path, out: Path) -> Path:
