@@ -34,7 +34,9 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from ..errors import ConfigError, GuestError, MissingDependency, NotFound, PermissionDenied, Timeout, VmfError
+from ..drivers.qemu import qmp_events
+from ..errors import ConfigError, GuestError, MissingDependency, NotFound, Timeout, VmfError
+from .folders import ensure_writable
 
 BITMAP = "vmfx-backup"
 NODE = "disk0"
@@ -75,13 +77,7 @@ def _new_chain(dest: Path, period: str) -> Path:
 def _check_dest(dest: Path) -> None:
     if shutil.which("qemu-img") is None:
         raise MissingDependency("'qemu-img' not found: install the Debian package 'qemu-utils'")
-    try:
-        Path(dest).mkdir(parents=True, exist_ok=True)
-        probe = Path(dest) / f".write-test-{os.getpid()}"
-        probe.touch()
-        probe.unlink()
-    except OSError as exc:
-        raise PermissionDenied(f"backup destination {dest} is not writable: {exc.strerror}") from None
+    ensure_writable(Path(dest))
 
 
 def _meta(chain: Path) -> dict:
@@ -104,24 +100,19 @@ def _has_bitmap(qmp) -> bool:
 
 def _run_job(qmp, actions: list[dict], job: str, timeout: float) -> None:
     qmp.cmd("transaction", actions=actions)
-    deadline = time.monotonic() + timeout
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            qmp.cmd("block-job-cancel", device=job)
-            raise Timeout(f"disk backup job {job} did not finish within {timeout:.0f}s")
-        try:
-            event = qmp.pull_event(wait=float(remaining))
-        except TimeoutError:
-            continue
-        if not event or event.get("data", {}).get("device") != job:
-            continue
-        if event["event"] == "BLOCK_JOB_COMPLETED":
-            if event["data"].get("error"):
-                raise GuestError(f"disk backup job failed: {event['data']['error']}")
-            return
-        if event["event"] == "BLOCK_JOB_CANCELLED":
-            raise GuestError("disk backup job was cancelled")
+    try:
+        for event in qmp_events(qmp, timeout, f"disk backup job {job}"):
+            if event.get("data", {}).get("device") != job:
+                continue
+            if event["event"] == "BLOCK_JOB_COMPLETED":
+                if event["data"].get("error"):
+                    raise GuestError(f"disk backup job failed: {event['data']['error']}")
+                return
+            if event["event"] == "BLOCK_JOB_CANCELLED":
+                raise GuestError("disk backup job was cancelled")
+    except Timeout:
+        qmp.cmd("block-job-cancel", device=job)
+        raise
 
 
 def backup(driver, name: str, dest: Path, full: bool = False, group_by: str = "month") -> dict:

@@ -60,11 +60,8 @@ def snapshots(dest: Path) -> list[Path]:
     return sorted(p for p in Path(dest).iterdir() if p.is_dir() and SNAPSHOT_RE.match(p.name))
 
 
-def _check(source: Path, dest: Path) -> None:
-    if shutil.which("rsync") is None:
-        raise MissingDependency("'rsync' not found: install the Debian package 'rsync'")
-    if not source.is_dir():
-        raise ConfigError(f"backup source {source} does not exist or is not a folder")
+def ensure_writable(dest: Path) -> None:
+    """Create ``dest`` if needed and prove we can write there (PermissionDenied otherwise)."""
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -75,6 +72,14 @@ def _check(source: Path, dest: Path) -> None:
         probe.unlink()
     except OSError as exc:
         raise PermissionDenied(f"backup destination {dest} is not writable: {exc.strerror}") from None
+
+
+def _check(source: Path, dest: Path) -> None:
+    if shutil.which("rsync") is None:
+        raise MissingDependency("'rsync' not found: install the Debian package 'rsync'")
+    if not source.is_dir():
+        raise ConfigError(f"backup source {source} does not exist or is not a folder")
+    ensure_writable(dest)
     if dest.resolve().is_relative_to(source.resolve()):
         raise ConfigError(f"backup destination {dest} lies inside its source {source}")
 

@@ -729,8 +729,8 @@ def _listen(path: Path) -> socket.socket:
     return s
 
 
-def _wait_migration(qmp: QEMUMonitorProtocol, timeout: float, what: str) -> None:
-    """Block on MIGRATION events until ``completed``; fail on ``failed``/``cancelled``."""
+def qmp_events(qmp: QEMUMonitorProtocol, timeout: float, what: str):
+    """Yield QMP events as they arrive; raise Timeout naming ``what`` once ``timeout`` has passed."""
     deadline = time.monotonic() + timeout
     while True:
         remaining = deadline - time.monotonic()
@@ -740,7 +740,14 @@ def _wait_migration(qmp: QEMUMonitorProtocol, timeout: float, what: str) -> None
             event = qmp.pull_event(wait=float(remaining))
         except TimeoutError:
             continue
-        if event and event.get("event") == "MIGRATION":
+        if event:
+            yield event
+
+
+def _wait_migration(qmp: QEMUMonitorProtocol, timeout: float, what: str) -> None:
+    """Block on MIGRATION events until ``completed``; fail on ``failed``/``cancelled``."""
+    for event in qmp_events(qmp, timeout, what):
+        if event.get("event") == "MIGRATION":
             status = event["data"]["status"]
             if status == "completed":
                 return
