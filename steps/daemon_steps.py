@@ -113,8 +113,8 @@ def step_reclaimed(context, name):
 
 @then("the daemon's ledger agrees with the processes and files it owns")
 def step_consistent(context):
-    problems = context.client.consistency()
-    assert problems == [], f"expected ledger and reality to agree, found: {problems}"
+    findings = context.client.observe()["findings"]
+    assert findings == [], f"expected ledger and reality to agree, the observer found: {findings}"
 
 
 @when('two runners each hold the VM "{name}" at the same time')

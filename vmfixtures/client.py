@@ -103,9 +103,6 @@ class Client:
     def gc(self) -> list[str]:
         return self.request("POST", "/v1/gc")["reclaimed"]
 
-    def consistency(self) -> list[str]:
-        return self.request("GET", "/v1/consistency")["problems"]
-
     def observe(self, fix: bool = False) -> dict:
         """Run an observer pass now."""
         return self.request("POST", "/v1/observe", {"fix": fix})

@@ -9,6 +9,7 @@ Checks (each finding has a type, the object, the evidence and a suggested fix):
 - ``orphan-disk``        a disk or stray file in a storage folder that no row owns
 - ``mount-missing``      a mount recorded for a VM is not mounted in its guest
 - ``tunnel-down``        a tunnel recorded as up whose process is gone
+- ``orphan-socket``      a VM socket folder whose VM folder is gone
 - ``lease-expired-alive`` a lease has ended but its VM still runs
 
 Operations in flight (a hand-off renames a folder, an unmount drops its
@@ -31,7 +32,7 @@ from pathlib import Path
 import psutil
 
 from .daemon.ledger import Ledger
-from .drivers.qemu import QemuDriver, orphan_qemus
+from .drivers.qemu import QemuDriver, orphan_qemus, orphan_run_dirs
 from .errors import VmfError
 from .mounts import Mounts, kill_helpers
 
@@ -121,6 +122,9 @@ class Observer:
                                     f"runs in {cwd} with no ledger row: {' '.join(proc.cmdline()[:3])}",
                                     "kill it (`vmfixtures observe --fix`)"))
         findings += self._orphan_files(storages, live_rows)
+        for d in orphan_run_dirs():
+            findings.append(Finding("orphan-socket", str(d), f"socket folder of {(d / 'vm_dir').read_text()}, "
+                                    "which no longer exists", "remove it (`vmfixtures observe --fix`)"))
         for tunnel in self.ledger.live_tunnels():
             if tunnel["pid"] is None or not psutil.pid_exists(tunnel["pid"]):
                 findings.append(Finding("tunnel-down", f"tunnel {tunnel['id']} {tunnel['bind']}",
@@ -193,6 +197,9 @@ class Observer:
                 else:
                     path.unlink(missing_ok=True)
                 done.append(f"removed {path}")
+            elif f.type == "orphan-socket":
+                shutil.rmtree(f.object, ignore_errors=True)
+                done.append(f"removed {f.object}")
             elif f.type == "disk-missing":
                 self.ledger.remove_disk_path(f.object)
                 done.append(f"marked {f.object} removed in the ledger")

@@ -197,12 +197,12 @@ def spawn_runner(project: Project, name: str, ttl: float, state_dir: Path | None
     ``state_dir`` gives the runner storage of its own (default: the run's)."""
     env = dict(os.environ, VMFIXTURES_STATE_DIR=str(state_dir or project.scope.dir))
     env.pop("VMFIXTURES_LEASE", None)
-    proc = subprocess.Popen([sys.executable, "-m", "vmfixtures", "--quiet", "lease", "hold", name, "-c",
-                             str(project.config_path), "--ttl", str(ttl)], cwd=project.folder, env=env,
+    argv = ["lease", "hold", name, "-c", str(project.config_path), "--ttl", str(ttl)]
+    proc = subprocess.Popen([sys.executable, "-m", "vmfixtures", "--quiet", *argv], cwd=project.folder, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    ready, _, _ = select.select([proc.stdout], [], [], timeout)
-    line = proc.stdout.readline() if ready else ""
-    if not line:
+    try:
+        line = Background(proc, argv).wait_for_line(f"{name}: ", timeout)[0]
+    except AssertionError:
         proc.kill()
-        raise AssertionError(f"the runner holding '{name}' did not report its VM: {proc.stderr.read()}")
+        raise
     return RunnerProcess(proc, line.strip())

@@ -23,7 +23,6 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 
 from ..drivers.qemu import QemuDriver
 from ..errors import VmfError
@@ -180,13 +179,9 @@ class Pool:
         target = dst / "run"
         if target.is_symlink():
             (Path(os.readlink(target)) / "vm_dir").write_text(str(dst.resolve()))
-        meta = json.loads((dst / "vm.json").read_text())
-        meta["spec"] = spec.to_dict()
-        if owner_pid:
-            meta["owner"] = {"pid": owner_pid, "create_time": psutil.Process(owner_pid).create_time()}
-        (dst / "vm.json").write_text(json.dumps(meta, indent=2) + "\n")
-        self.ledger.update_vm(row["id"], source="pool")
         driver = QemuDriver(storage=Path(storage), quiet=True)
+        driver.claim(spec.name, spec, owner_pid)
+        self.ledger.update_vm(row["id"], source="pool")
         try:
             driver.personalize(driver.machine(spec.name), clock=False)  # set at restore; it kept ticking since
             driver.release(spec.name)

@@ -87,7 +87,6 @@ class Daemon:
         r.add_get("/v1/vms", self.list_vms)
         r.add_post("/v1/vms/{action}", self.vm_action)
         r.add_post("/v1/gc", self.gc)
-        r.add_get("/v1/consistency", self.consistency)
         r.add_get("/v1/events", self.events)
         r.add_post("/v1/shutdown", self.shutdown)
         r.add_get("/v1/observer", self.observer_reports)
@@ -172,9 +171,6 @@ class Daemon:
     async def gc(self, request):
         reaped = await self._run(self.service.reap)
         return web.json_response({"reclaimed": reaped})
-
-    async def consistency(self, request):
-        return web.json_response({"problems": await self._run(self.service.consistency)})
 
     async def events(self, request):
         return web.json_response(self.service.ledger.events(int(request.query.get("limit", 100))))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 
-from ..drivers.qemu import QemuDriver, _live_process, orphan_qemus, our_qemu_processes, run_dirs_of, runtime_root
+from ..drivers.qemu import QemuDriver, _live_process, orphan_qemus, orphan_run_dirs
 from ..errors import ConfigError, NotFound, VmfError
 from ..spec import VMSpec, check_name, parse_vm
 from ..observer import Observer
@@ -273,13 +273,9 @@ class FixtureService:
                 if d.name not in live:
                     self.pool.driver.destroy(d.name) if (d / "vm.json").exists() else shutil.rmtree(d)
                     reclaimed.append(f"orphan folder {d}")
-        root = runtime_root()
-        if root.is_dir():
-            for d in root.iterdir():
-                vm_dir_file = d / "vm_dir"
-                if vm_dir_file.is_file() and not Path(vm_dir_file.read_text()).exists():
-                    shutil.rmtree(d, ignore_errors=True)
-                    reclaimed.append(f"orphan socket folder {d}")
+        for d in orphan_run_dirs():
+            shutil.rmtree(d, ignore_errors=True)
+            reclaimed.append(f"orphan socket folder {d}")
         for line in reclaimed:
             self.ledger.event("reclaimed", "", line)
         return reclaimed
@@ -297,22 +293,3 @@ class FixtureService:
         for lease in self.ledger.active_leases():
             gone += self.end_lease(lease["id"], "daemon stopped")
         return gone + self.pool.close()
-
-    def consistency(self) -> list[str]:
-        """Ledger vs reality right now: an empty list means they agree."""
-        problems = []
-        live_pids = set()
-        for row in self.ledger.live_vms():
-            driver = QemuDriver(storage=Path(row["storage"]), quiet=True)
-            running = driver.process(row["name"]) is not None
-            if row["state"] in ("leased", "pooled") and not running:
-                problems.append(f"VM {row['name']} is {row['state']} in the ledger but has no QEMU process")
-            if running:
-                live_pids.add(driver.run_info(row["name"])["pid"])
-        for proc in our_qemu_processes(self.home):
-            if proc.pid not in live_pids:
-                problems.append(f"QEMU pid {proc.pid} runs in {self.home} with no ledger row")
-        for d in run_dirs_of(self.home):
-            if not Path((d / "vm_dir").read_text()).exists():
-                problems.append(f"socket folder {d} belongs to no VM")
-        return problems

@@ -139,6 +139,21 @@ class QemuDriver:
         return self._accel
 
     # -- lifecycle -------------------------------------------------------
+    def _record(self, vm_dir: Path, spec: VMSpec, image_key: str, image_dir: str, owner_pid: int | None,
+                **extra) -> None:
+        """Write vm.json, the file that makes a folder a VM (so it is written last, atomically)."""
+        _write_json(vm_dir / "vm.json", {"spec": spec.to_dict(), "image": image_key, "image_dir": str(image_dir),
+                                         "driver": self.name, "created_at": time.time(),
+                                         "owner": owner_record(owner_pid), **extra})
+
+    def claim(self, name: str, spec: VMSpec, owner_pid: int | None) -> None:
+        """Record a VM handed over under a new name (the pool's hand-off): its spec and its owner."""
+        meta = self._meta(name)
+        meta["spec"] = spec.to_dict()
+        if owner_pid:
+            meta["owner"] = owner_record(owner_pid)
+        _write_json(self.vm_dir(name) / "vm.json", meta)
+
     def create(self, spec: VMSpec, start: bool = True, owner_pid: int | None = None) -> CreateResult:
         """Create (and by default start) a VM. Same spec again: "exists". Different: Mismatch."""
         check_name(spec.name)
@@ -157,12 +172,7 @@ class QemuDriver:
         try:
             subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(img.disk), "-F", "qcow2",
                             str(vm_dir / "disk.qcow2"), str(spec.disk)], check=True, capture_output=True, text=True)
-            owner = None
-            if owner_pid:
-                owner = {"pid": owner_pid, "create_time": psutil.Process(owner_pid).create_time()}
-            meta = {"spec": spec.to_dict(), "image": img.key, "image_dir": str(img.dir), "driver": self.name,
-                    "created_at": time.time(), "owner": owner}
-            _write_json(vm_dir / "vm.json", meta)  # last: a folder without vm.json is not a VM
+            self._record(vm_dir, spec, img.key, img.dir, owner_pid)
         except BaseException as exc:
             shutil.rmtree(vm_dir, ignore_errors=True)
             if isinstance(exc, subprocess.CalledProcessError):
@@ -186,10 +196,7 @@ class QemuDriver:
         vm_dir.mkdir(parents=True)
         try:
             shutil.move(disk, vm_dir / "disk.qcow2")  # a rename on one file system, a copy across two
-            owner = {"pid": owner_pid, "create_time": psutil.Process(owner_pid).create_time()} if owner_pid else None
-            _write_json(vm_dir / "vm.json", {"spec": spec.to_dict(), "image": img.key, "image_dir": str(img.dir),
-                                             "driver": self.name, "created_at": time.time(), "owner": owner,
-                                             "restored_from": str(disk)})
+            self._record(vm_dir, spec, img.key, img.dir, owner_pid, restored_from=str(disk))
             self.start(spec.name)
         except BaseException:
             self.destroy(spec.name)
@@ -399,13 +406,7 @@ class QemuDriver:
         try:
             subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(snapshot / "disk.qcow2"),
                             "-F", "qcow2", str(vm_dir / "disk.qcow2")], check=True, capture_output=True, text=True)
-            owner = None
-            if owner_pid:
-                owner = {"pid": owner_pid, "create_time": psutil.Process(owner_pid).create_time()}
-            _write_json(vm_dir / "vm.json", {"spec": spec.to_dict(), "image": snap["image"],
-                                             "image_dir": snap["image_dir"], "driver": self.name,
-                                             "created_at": time.time(), "owner": owner,
-                                             "snapshot": str(snapshot)})
+            self._record(vm_dir, spec, snap["image"], snap["image_dir"], owner_pid, snapshot=str(snapshot))
             # The ready line predates the snapshot: say in the log where this guest came from.
             with open(vm_dir / "console.log", "a") as log:
                 log.write(f"[vmfixtures] restored from memory snapshot {snapshot} at {time.ctime()}\n")
@@ -569,7 +570,7 @@ class QemuDriver:
             cached[1].close()
 
     # -- sweeping ----------------------------------------------------------
-    def sweep(self, owned_only: bool = True) -> list[str]:
+    def sweep(self) -> list[str]:
         """Destroy VMs whose owner process is dead, and kill QEMU processes of ours
         that no VM folder accounts for. Returns what was reclaimed."""
         reclaimed = []
@@ -584,10 +585,9 @@ class QemuDriver:
             info = self.run_info(name)
             if info:
                 known_pids.add(info["pid"])
-        for proc in our_qemu_processes(self.storage):
-            if proc.pid not in known_pids:
-                _kill(proc)
-                reclaimed.append(f"orphan QEMU pid {proc.pid}")
+        for proc, _ in orphan_qemus([self.storage], known_pids):
+            _kill(proc)
+            reclaimed.append(f"orphan QEMU pid {proc.pid}")
         return reclaimed
 
 
@@ -614,6 +614,11 @@ def process_alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+def owner_record(pid: int | None) -> dict | None:
+    """Who owns a VM: pid and start time, so that a reused pid is not taken for the owner."""
+    return {"pid": pid, "create_time": psutil.Process(pid).create_time()} if pid else None
 
 
 def orphan_qemus(storages, known_pids) -> list[tuple[psutil.Process, str]]:
@@ -712,6 +717,21 @@ def run_dirs_of(storage: Path) -> list[Path]:
     for d in root.iterdir():
         try:
             if (d / "vm_dir").read_text().startswith(prefix):
+                found.append(d)
+        except OSError:
+            continue
+    return found
+
+
+def orphan_run_dirs() -> list[Path]:
+    """Socket folders of ours whose VM folder no longer exists."""
+    root = runtime_root()
+    if not root.is_dir():
+        return []
+    found = []
+    for d in root.iterdir():
+        try:
+            if not Path((d / "vm_dir").read_text()).exists():
                 found.append(d)
         except OSError:
             continue
