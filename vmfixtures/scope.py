@@ -19,6 +19,7 @@ from pathlib import Path
 import psutil
 
 from . import paths
+from .errors import NotFound
 from .drivers.qemu import QemuDriver, _kill, _live_process, clear_run_dir, our_qemu_processes, run_dirs_of
 
 
@@ -101,7 +102,10 @@ class RunScope:
         driver = QemuDriver(storage=storage, quiet=quiet)
         names = driver.names()
         for name in names:
-            driver.destroy(name)
+            try:
+                driver.destroy(name)
+            except NotFound:
+                pass  # destroyed meanwhile by another reaper
         for proc in our_qemu_processes(storage):  # QEMU whose folder is already gone
             _kill(proc)
         for stray in storage.iterdir():  # folders of VMs that never got a vm.json, stray files

@@ -224,8 +224,10 @@ class FixtureService:
         with self._vm_lock:
             self.ledger.update_vm(row["id"], state="destroying")
             proof = None
-            if (driver.vm_dir(row["name"])).exists():
+            try:
                 proof = driver.destroy(row["name"])
+            except NotFound:
+                pass  # its run's reaper got there first
             self.ledger.update_vm(row["id"], state="destroyed")
             self.ledger.end_processes(row["id"])
             self.ledger.remove_disks(row["id"])

@@ -521,7 +521,11 @@ class QemuDriver:
         return self.start(name)
 
     def destroy(self, name: str) -> DestroyProof:
-        """Kill QEMU (no graceful shutdown: the disk is thrown away) and remove every file."""
+        """Kill QEMU (no graceful shutdown: the disk is thrown away) and remove every file.
+
+        Safe to race with another destroyer of the same VM (the daemon reaping a dead
+        lease while the next run reaps the dead run): whoever comes second finds less
+        to do, never an error."""
         vm_dir = self.vm_dir(name)
         if not vm_dir.exists():
             raise NotFound(f"no VM named '{name}' in {self.storage} (see `vmfixtures vm list`)")
@@ -531,7 +535,10 @@ class QemuDriver:
         kill_helpers(vm_dir)  # mount helpers first: they hold SSH sessions into the guest
         if proc:
             _kill(proc)
-        files = [str(p) for p in vm_dir.rglob("*")]
+        try:
+            files = [str(p) for p in vm_dir.rglob("*")]
+        except OSError:
+            files = []
         clear_run_dir(vm_dir)
         shutil.rmtree(vm_dir, ignore_errors=True)
         gone = proc is None or not process_alive(proc.pid)
@@ -701,8 +708,11 @@ def clear_run_dir(vm_dir: Path) -> None:
     """Remove the VM's socket folder and its link; fine if neither exists."""
     link = vm_dir / "run"
     if link.is_symlink():
-        shutil.rmtree(os.readlink(link), ignore_errors=True)
-        link.unlink()
+        try:
+            shutil.rmtree(os.readlink(link), ignore_errors=True)
+        except FileNotFoundError:
+            pass  # another reaper (the daemon, the next run) removed it first
+        link.unlink(missing_ok=True)
     elif link.exists():
         shutil.rmtree(link, ignore_errors=True)
 
