@@ -119,6 +119,7 @@ def before_scenario(context, scenario):
     context.fixtures = Fixtures(context.scope, context.client)
     context.driver = context.fixtures.driver
     context.pids = {}
+    context.boot_ids = {}
 
 
 def after_scenario(context, scenario):

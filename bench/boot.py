@@ -13,7 +13,6 @@ Baselines measured in the same run:
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time

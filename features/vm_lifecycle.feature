@@ -15,7 +15,7 @@ Feature: VM lifecycle
     When the operator creates the VM "builder"
     Then the VM "builder" is running
     And the guest of "builder" answers a command
-    And the VM "builder" runs on the accelerator this machine supports
+    And the VM "builder" runs on the accelerator the harness reports
 
   Scenario: Stopping a VM powers it off and ends its process
     Given the VM "builder" is running
@@ -24,11 +24,37 @@ Feature: VM lifecycle
     And no QEMU process remains for "builder"
     And the guest powered off on its own, without being forced
 
+  Scenario: A guest that ignores the power button is forced off after the deadline
+    Given the VM "builder" is running
+    And the guest of "builder" ignores the power button
+    When the operator stops the VM "builder" with a 2 second deadline
+    Then the guest was forced off after the deadline
+    And the VM "builder" is stopped
+    And no QEMU process remains for "builder"
+
+  Scenario: A stopped VM starts again with its disk intact
+    Given the VM "builder" is running
+    And the guest of "builder" has saved the note "nightly build green"
+    And the operator has stopped the VM "builder"
+    When the operator starts the VM "builder"
+    Then the VM "builder" is running
+    And the guest of "builder" still has the note "nightly build green"
+
+  Scenario: A VM that cannot boot is reported with QEMU's reason and leaves nothing running
+    Given the VM "builder" is running
+    And the operator has stopped the VM "builder"
+    And the disk of "builder" has been damaged
+    When the operator starts the VM "builder"
+    Then the command fails saying "Image is not in qcow2 format"
+    And the VM "builder" is stopped
+    And no QEMU process or socket remains for "builder"
+
   Scenario: A restarted VM keeps what was written to its disk
     Given the VM "builder" is running
     And the guest of "builder" has saved the note "release 1.4 is ready"
     When the operator restarts the VM "builder"
     Then the VM "builder" is running
+    And the guest of "builder" booted afresh
     And the guest of "builder" still has the note "release 1.4 is ready"
 
   Scenario: Destroying one VM removes it and spares the others
@@ -41,6 +67,12 @@ Feature: VM lifecycle
   Scenario: Every VM in the config is created at once
     When the operator creates all VMs in the config
     Then the VMs "builder" and "tester" are running
+
+  Scenario: Every VM in the config is stopped at once
+    Given the VMs "builder" and "tester" are running
+    When the operator stops all VMs in the config
+    Then the VMs "builder" and "tester" are stopped
+    And no QEMU process remains for "builder" or "tester"
 
   Scenario: Destroying every VM in the config leaves nothing behind
     Given the VMs "builder" and "tester" are running

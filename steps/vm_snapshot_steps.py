@@ -14,9 +14,6 @@ def step_restore(context, tag, name):
     context.result = context.project.operator("vm", "restore", name, tag)
 
 
-from vmfixtures.errors import GuestError
-
-
 def _pgrep(command):
     return f"pgrep -xf '{command}' >/dev/null"
 

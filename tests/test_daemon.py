@@ -3,7 +3,6 @@ no ledger row is lost; leases end when their owner dies or their TTL lapses."""
 
 import http.client
 import json
-import os
 import socket
 import stat
 import subprocess

@@ -1,6 +1,5 @@
 """backup_once on real folders with real rsync."""
 
-import os
 
 import pytest
 

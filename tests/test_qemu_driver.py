@@ -3,7 +3,6 @@
 import os
 import subprocess
 
-import psutil
 import pytest
 
 from vmfixtures.drivers import VMState

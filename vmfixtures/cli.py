@@ -122,16 +122,31 @@ def _create_remote(client: Client, storage: Path, specs) -> int:
     return failed.exit_code if failed else 0
 
 
+def _targets(args, driver, states: tuple[str, ...]) -> list[str]:
+    """The VM named on the command line, or with --all every VM of the config in one of ``states``."""
+    if not args.all:
+        if not args.name:
+            raise errors.ConfigError("name a VM or pass --all")
+        return [args.name]
+    config = load_config(args.config)
+    names = [n for n in config.vms if driver.state(n).value in states]
+    if not names:
+        print(f"no VM of the config is {' or '.join(states)}; nothing to do")
+    return names
+
+
 def _boot(args, action: str, done: str) -> int:
     """start or restart, through the daemon when one runs."""
     client = _remote()
-    if client:
-        r = client.vm(action, _storage(args), name=args.name)
-        accel, port = r["accel"], r["ssh_port"]
-    else:
-        m = getattr(_driver(args), action)(args.name)
-        accel, port = m.accel, m.ssh_port
-    print(f"VM '{args.name}' {done} ({accel}, ssh 127.0.0.1:{port})")
+    driver = _driver(args)
+    for name in _targets(args, driver, ("stopped",) if action == "start" else ("running", "stopped")):
+        if client:
+            r = client.vm(action, _storage(args), name=name)
+            accel, port = r["accel"], r["ssh_port"]
+        else:
+            m = getattr(driver, action)(name)
+            accel, port = m.accel, m.ssh_port
+        print(f"VM '{name}' {done} ({accel}, ssh 127.0.0.1:{port})")
     return 0
 
 
@@ -141,14 +156,16 @@ def cmd_vm_start(args) -> int:
 
 def cmd_vm_stop(args) -> int:
     client = _remote()
-    if client:
-        r = client.vm("stop", _storage(args), name=args.name, timeout=args.timeout)
-        graceful, seconds = r["graceful"], r["seconds"]
-    else:
-        result = _driver(args).stop(args.name, timeout=args.timeout)
-        graceful, seconds = result.graceful, result.seconds
-    how = "powered off" if graceful else "forced off after the ACPI deadline"
-    print(f"VM '{args.name}' stopped ({how}, {seconds:.1f}s)")
+    driver = _driver(args)
+    for name in _targets(args, driver, ("running",)):
+        if client:
+            r = client.vm("stop", _storage(args), name=name, timeout=args.timeout)
+            graceful, seconds = r["graceful"], r["seconds"]
+        else:
+            result = driver.stop(name, timeout=args.timeout)
+            graceful, seconds = result.graceful, result.seconds
+        how = "powered off" if graceful else "forced off after the ACPI deadline"
+        print(f"VM '{name}' stopped ({how}, {seconds:.1f}s)")
     return 0
 
 
@@ -158,15 +175,8 @@ def cmd_vm_restart(args) -> int:
 
 def cmd_vm_destroy(args) -> int:
     driver = _driver(args)
-    if args.all:
-        config = load_config(args.config)
-        names = [n for n in config.vms if driver.state(n).value != "missing"]
-    else:
-        if not args.name:
-            raise errors.ConfigError("name a VM or pass --all")
-        names = [args.name]
     client = _remote()
-    for name in names:
+    for name in _targets(args, driver, ("running", "stopped")):
         if client:
             r = client.vm("destroy", _storage(args), name=name)
             pid, gone, removed, leftovers = r["pid"], r["process_gone"], r["removed"], r.get("leftovers", [])
@@ -176,8 +186,6 @@ def cmd_vm_destroy(args) -> int:
         if not gone or leftovers:
             raise errors.VmfError(f"VM '{name}' not fully destroyed: process gone={gone}, left: {leftovers}")
         print(f"VM '{name}' destroyed ({f'pid {pid} gone, ' if pid else ''}{removed} files removed)")
-    if args.all and not names:
-        print("no VM of the config exists; nothing to destroy")
     return 0
 
 
@@ -702,10 +710,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     named("create", "create and start VMs from the config (same spec again: no-op; different: error)",
           cmd_vm_create, all_flag=True, config=True)
-    named("start", "boot a stopped VM and wait until it is ready", cmd_vm_start)
-    named("stop", "ACPI power-down with a deadline, then forced", cmd_vm_stop).add_argument(
+    named("start", "boot a stopped VM and wait until it is ready", cmd_vm_start, all_flag=True, config=True)
+    named("stop", "ACPI power-down with a deadline, then forced", cmd_vm_stop, all_flag=True, config=True).add_argument(
         "--timeout", type=float, help="seconds to wait for the guest to power off (default: scaled to this machine)")
-    named("restart", "stop, then start", cmd_vm_restart)
+    named("restart", "stop, then start", cmd_vm_restart, all_flag=True, config=True)
     named("destroy", "kill the VM and remove its disk and files", cmd_vm_destroy, all_flag=True, config=True)
     sn = named("snapshot", "save a running VM's memory and disk under a tag (it keeps running)", cmd_vm_snapshot)
     sn.add_argument("tag")

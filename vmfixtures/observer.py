@@ -142,7 +142,7 @@ class Observer:
             return []  # the guest agent is busy with another client; the next pass will look
         return [Finding("mount-missing", f"{row['name']}:{r.target}", f"recorded mount of {r.source} is "
                         f"{'a ' + in_guest[r.target] if r.target in in_guest else 'not'} mounted in the guest",
-                        f"`vmfixtures umount` then `vmfixtures mount` it again (or --fix drops the record)")
+                        "`vmfixtures umount` then `vmfixtures mount` it again (or --fix drops the record)")
                 for r in records if in_guest.get(r.target) != "fuse.sshfs"]
 
     def _orphan_files(self, storages: set[str], live_rows: list[dict]) -> list[Finding]:

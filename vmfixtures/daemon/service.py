@@ -7,7 +7,6 @@ worker threads; the ledger records each step before it happens.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import threading
 import time
@@ -17,11 +16,11 @@ from pathlib import Path
 import psutil
 
 from ..drivers.qemu import QemuDriver, _live_process, orphan_qemus, orphan_run_dirs
-from ..errors import ConfigError, NotFound, VmfError
-from ..spec import VMSpec, check_name, parse_vm
+from ..errors import ConfigError, NotFound
+from ..spec import check_name, parse_vm
 from ..observer import Observer
 from .ledger import Ledger
-from .pool import Placed, Pool
+from .pool import Pool
 
 SCOPES = ("scenario", "feature", "tag", "run", "persistent")
 

@@ -66,6 +66,25 @@ class Boot:
     info: dict
     console_offset: int
     progress: Progress
+    vm_dir: Path
+    log_offset: int = 0
+
+    def abandon(self, exc: BaseException, what: str) -> BaseException:
+        """Kill the half-booted QEMU, drop its sockets, and return ``exc`` reworded to say
+        what QEMU itself complained about when it exited on its own (a bad disk, say)."""
+        exited = self.proc.poll()
+        _kill(psutil.Process(self.proc.pid) if exited is None else None)
+        clear_run_dir(self.vm_dir)
+        if not isinstance(exc, VmfError):
+            return exc
+        detail = str(exc)
+        if exited is not None:
+            with open(self.vm_dir / "qemu.log", "rb") as log:
+                log.seek(self.log_offset)
+                said = log.read().decode(errors="replace").strip().splitlines()[-3:]
+            detail = f"QEMU exited with code {exited}: {' / '.join(said) or '(nothing in its log)'}"
+        return type(exc)(f"{what}: {detail}\n  console log: {self.vm_dir / 'console.log'}\n"
+                         f"  qemu log: {self.vm_dir / 'qemu.log'}")
 
 
 def _die_with_parent() -> None:
@@ -267,6 +286,7 @@ class QemuDriver:
         owned = ((meta.get("owner") or {}).get("pid") == os.getpid()
                  and threading.current_thread() is threading.main_thread())
         with open(vm_dir / "qemu.log", "ab") as log:
+            log_offset = log.tell()
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=vm_dir,
                                     pass_fds=[l.fileno() for l in listeners.values()], start_new_session=True,
                                     preexec_fn=_die_with_parent if owned else None)
@@ -276,7 +296,7 @@ class QemuDriver:
         info = {"pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time(), "accel": accel.name,
                 "accel_reason": accel.reason, "started_at": time.time(), "cmdline": cmd}
         _write_json(run / "run.json", info)
-        return Boot(proc, info, offset, progress)
+        return Boot(proc, info, offset, progress, vm_dir, log_offset)
 
     def wait_ready(self, name: str, boot: "Boot") -> Machine:
         """Wait for the ready line of a launched VM; on failure kill it and say why."""
@@ -291,12 +311,7 @@ class QemuDriver:
             m.console.wait_for(READY_LINE, boot.console_offset, self.accel().scale(60),
                                alive=lambda: boot.proc.poll() is None)
         except BaseException as exc:
-            _kill(psutil.Process(boot.proc.pid) if boot.proc.poll() is None else None)
-            clear_run_dir(vm_dir)
-            if isinstance(exc, VmfError):
-                raise type(exc)(f"VM '{name}' failed to boot: {exc}\n  console log: {vm_dir / 'console.log'}\n"
-                                f"  qemu log: {vm_dir / 'qemu.log'}") from None
-            raise
+            raise boot.abandon(exc, f"VM '{name}' failed to boot") from None
         boot.progress.step(f"ready in {boot.progress.elapsed():.1f}s (ssh 127.0.0.1:{info['ssh_port']})")
         return m
 
@@ -436,11 +451,7 @@ class QemuDriver:
             else:
                 m.agent.set_time()  # the guest clock stopped with the snapshot
         except BaseException as exc:
-            _kill(psutil.Process(boot.proc.pid) if boot.proc.poll() is None else None)
-            clear_run_dir(self.vm_dir(name))
-            if isinstance(exc, VmfError):
-                raise type(exc)(f"VM '{name}' failed to restore from {snapshot}: {exc}") from None
-            raise
+            raise boot.abandon(exc, f"VM '{name}' failed to restore from {snapshot}") from None
         boot.progress.step(f"restored in {boot.progress.elapsed():.2f}s (ssh 127.0.0.1:{info['ssh_port']})")
         return m
 
@@ -544,6 +555,11 @@ class QemuDriver:
         gone = proc is None or not process_alive(proc.pid)
         leftovers = [str(vm_dir)] if vm_dir.exists() else []
         return DestroyProof(name, info["pid"] if info else None, gone, files, leftovers)
+
+    def running_accel(self, name: str) -> str:
+        """The accelerator the running QEMU itself reports (QMP query-kvm): 'kvm' or 'tcg'."""
+        with self._qmp(name) as qmp:
+            return "kvm" if qmp.cmd("query-kvm")["enabled"] else "tcg"
 
     def machine(self, name: str) -> Machine:
         """A handle to talk to the running VM (guest agent, SSH, console)."""

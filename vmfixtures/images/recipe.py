@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from importlib import resources
 
 GUEST_FILES = ("initramfs-init", "inittab", "vmf-boot", "vmf-shutdown", "acpi-power-button", "sshd_config")
