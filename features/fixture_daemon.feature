@@ -48,13 +48,14 @@ Feature: Fixture daemon
     Then the two runners got different QEMU processes on different SSH ports
 
   @fixture.vm.shared
-  Scenario: A shared VM is leased once for the scenarios that share it
+  Scenario Outline: Scenarios that share a VM each find it as the one before left it
     Given the shared VM "worker" is running
-    And the guest of "worker" has saved the note "left by the first scenario"
-    Then the guest of "worker" still has the note "left by the first scenario"
+    When scenario <turn> signs the guest book of "worker"
+    Then the guest book of "worker" holds the signatures of scenarios 1 to <turn>
+    And the VM "worker" is the same QEMU process in every scenario that shares it
 
-  @fixture.vm.shared
-  Scenario: The next scenario sharing the VM finds it as the last one left it
-    Given the shared VM "worker" is running
-    Then the guest of "worker" still has the note "left by the first scenario"
-    And the VM "worker" is the same QEMU process as in the previous scenario
+    Examples:
+      | turn |
+      | 1    |
+      | 2    |
+      | 3    |

@@ -14,7 +14,7 @@ from vmfixtures.drivers.qemu import process_alive, wait_exit
 from vmfixtures.spec import load_config
 from vmfixtures.testkit import spawn_runner
 
-_shared_pids = {}  # VM name -> QEMU pid, across the scenarios of one shared lease
+_shared_pids = {}  # (lease, VM name) -> QEMU pid, across the scenarios of one shared lease
 
 
 def _spec(context, name):
@@ -27,8 +27,7 @@ def _spec(context, name):
 def step_lease(context, name):
     context.created = context.fixtures.ensure_running([_spec(context, name)], context.lease)[0]
     context.pids[name] = context.driver.run_info(name)["pid"]
-    context.previous_shared_pid = _shared_pids.get(name)
-    _shared_pids[name] = context.pids[name]
+    _shared_pids.setdefault((context.lease, name), context.pids[name])
 
 
 @when("the lease ends")
@@ -64,10 +63,22 @@ def step_no_note(context, name):
     assert r.exit_code != 0, f"expected no note from the previous tenant, found {r.stdout!r}"
 
 
-@then('the VM "{name}" is the same QEMU process as in the previous scenario')
+@when('scenario {turn:d} signs the guest book of "{name}"')
+def step_sign(context, turn, name):
+    context.driver.machine(name).succeed(f"echo 'scenario {turn}' >> /root/guestbook")
+
+
+@then('the guest book of "{name}" holds the signatures of scenarios 1 to {turn:d}')
+def step_guestbook(context, name, turn):
+    lines = context.driver.machine(name).read_file("/root/guestbook").decode().splitlines()
+    expected = [f"scenario {n}" for n in range(1, turn + 1)]
+    assert lines == expected, f"expected the guest book {expected} (fresh VM, then shared), found {lines}"
+
+
+@then('the VM "{name}" is the same QEMU process in every scenario that shares it')
 def step_same_as_before(context, name):
-    pid, before = context.driver.run_info(name)["pid"], context.previous_shared_pid
-    assert pid == before, f"expected the shared VM's QEMU pid {before} from the previous scenario, got {pid}"
+    pid, first = context.driver.run_info(name)["pid"], _shared_pids[(context.lease, name)]
+    assert pid == first, f"expected the shared VM's QEMU pid {first} from the first sharing scenario, got {pid}"
 
 
 @given('another runner holds the VM "{name}" with a lease TTL of {ttl:d} seconds')

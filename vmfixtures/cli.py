@@ -25,7 +25,8 @@ EXIT_CODES = """exit codes:
   1  other failure                6  permission denied
   2  bad config or arguments      7  timed out waiting for a guest
   3  no such VM or image          8  the guest or QEMU refused a request
-  4  VM exists with another spec  130 interrupted
+  4  VM exists with another spec  9  a tunnel could not be brought up
+                                  130 interrupted
 """
 
 
@@ -312,6 +313,44 @@ def cmd_ssh(args) -> int:
     argv = ["ssh", "-i", str(m.ssh.key_path), "-p", str(m.ssh_port), "-o", f"UserKnownHostsFile={known}",
             "-o", "StrictHostKeyChecking=yes", "-o", "LogLevel=ERROR", "root@127.0.0.1", *args.command]
     os.execvp("ssh", argv)
+
+
+def cmd_portforward(args) -> int:
+    """Keep the config's forwards up until Ctrl-C/SIGTERM, restoring any tunnel whose ssh dies."""
+    import signal
+
+    import psutil
+
+    from .forwarding import Forwarder
+
+    config = load_config(args.config)
+    specs = [f for f in config.forwards if args.vm in (None, f.vm)]
+    if not specs:
+        raise errors.ConfigError(f"{config.path}: no forwards{f' for VM {args.vm!r}' if args.vm else ''} "
+                                 "under 'forwards'")
+    driver, client = _driver(args), _remote()
+
+    def record_up(t):
+        if client:
+            t.ledger_id = client.tunnel_up(driver.storage, t.spec.vm, t.spec.kind, str(t.spec.host),
+                                           str(t.spec.guest or "socks5"), t.pid,
+                                           psutil.Process(t.pid).create_time(), t.ledger_id)
+
+    def record_down(t):
+        if client and t.ledger_id is not None:
+            client.tunnel_down(t.ledger_id)
+
+    fwd = Forwarder(driver, specs, say=lambda line: print(line, flush=True), on_up=record_up, on_down=record_down)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: fwd.request_stop())
+    fwd.start()
+    print(f"forwarding {len(specs)} tunnel(s); Ctrl-C stops them", flush=True)
+    given_up = fwd.run()
+    pids = fwd.stop()
+    print(f"stopped: {len(pids)} ssh process(es) ended, every one gone", flush=True)
+    if given_up:
+        raise errors.VmfError(f"{given_up} tunnel(s) could not be restored (see the lines above)")
+    return 0
 
 
 def cmd_console(args) -> int:
@@ -752,6 +791,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("name", help="VM name, or a daemon lease id")
     s.add_argument("command", nargs=argparse.REMAINDER)
     s.set_defaults(func=cmd_ssh)
+    pf = sub.add_parser("portforward", help="keep the config's SSH tunnels (local, remote, socks5) up until Ctrl-C",
+                        description="Start one ssh per forward in the config's 'forwards' list, wait until each "
+                                    "really listens, restore any that dies, and stop them all on Ctrl-C/SIGTERM. "
+                                    "Host ends bind to 127.0.0.1 unless the config names another address.")
+    pf.add_argument("--vm", help="only the forwards of this VM")
+    pf.add_argument("-c", "--config", default="vmfixtures.yaml")
+    pf.set_defaults(func=cmd_portforward)
     c = sub.add_parser("console", help="print a VM's serial console log")
     c.add_argument("name", help="VM name, or a daemon lease id")
     c.set_defaults(func=cmd_console)

@@ -111,6 +111,19 @@ class Client:
         """Observer passes numbered above ``after``; ``wait`` blocks until the next one."""
         return self.request("GET", f"/v1/observer?after={after}&wait={wait}", timeout=wait + 60)
 
+    def tunnel_up(self, storage: Path, name: str, kind: str, bind: str, target: str, pid: int,
+                  create_time: float, tunnel_id: int | None = None) -> int:
+        """Record a listening tunnel in the ledger; returns its id (the same one after a restore)."""
+        return self.request("POST", "/v1/tunnels", {"storage": str(storage), "name": name, "kind": kind,
+                                                    "bind": bind, "target": target, "pid": pid,
+                                                    "create_time": create_time, "id": tunnel_id})["id"]
+
+    def tunnel_down(self, tunnel_id: int) -> None:
+        self.request("DELETE", f"/v1/tunnels/{tunnel_id}")
+
+    def tunnels(self) -> list[dict]:
+        return self.request("GET", "/v1/tunnels")
+
     def shutdown(self) -> None:
         self.request("POST", "/v1/shutdown")
 

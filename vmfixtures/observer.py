@@ -8,7 +8,7 @@ Checks (each finding has a type, the object, the evidence and a suggested fix):
 - ``disk-missing``       a disk the ledger records is not on disk
 - ``orphan-disk``        a disk or stray file in a storage folder that no row owns
 - ``mount-missing``      a mount recorded for a VM is not mounted in its guest
-- ``tunnel-down``        a tunnel recorded as up whose process is gone
+- ``tunnel-down``        a tunnel recorded as up whose ssh process is gone
 - ``orphan-socket``      a VM socket folder whose VM folder is gone
 - ``lease-expired-alive`` a lease has ended but its VM still runs
 
@@ -126,9 +126,10 @@ class Observer:
             findings.append(Finding("orphan-socket", str(d), f"socket folder of {(d / 'vm_dir').read_text()}, "
                                     "which no longer exists", "remove it (`vmfixtures observe --fix`)"))
         for tunnel in self.ledger.live_tunnels():
-            if tunnel["pid"] is None or not psutil.pid_exists(tunnel["pid"]):
-                findings.append(Finding("tunnel-down", f"tunnel {tunnel['id']} {tunnel['bind']}",
-                                        f"process {tunnel['pid']} is gone", "restart the tunnel"))
+            if not _tunnel_alive(tunnel):
+                findings.append(Finding("tunnel-down", f"tunnel {tunnel['id']} {tunnel['kind']} {tunnel['bind']}",
+                                        f"recorded up, but its ssh pid {tunnel['pid']} is gone",
+                                        "start `vmfixtures portforward` again (--fix marks the tunnel down)"))
         return findings
 
     def _check_mounts(self, driver: QemuDriver, row: dict) -> list[Finding]:
@@ -209,6 +210,17 @@ class Observer:
                         self.ledger.update_vm(row["id"], state="stopped")
                         self.ledger.end_processes(row["id"])
                         done.append(f"marked {row['name']} stopped")
+            elif f.type == "tunnel-down":
+                self.ledger.tunnel_down(int(f.object.split()[1]))
+                done.append(f"marked {f.object} down")
+            elif f.type == "lease-expired-alive":
+                for row in self.ledger.live_vms():
+                    if f.object == f"VM {row['name']} in {row['storage']}":
+                        QemuDriver(storage=Path(row["storage"]), quiet=True).destroy(row["name"])
+                        self.ledger.update_vm(row["id"], state="destroyed")
+                        self.ledger.end_processes(row["id"])
+                        self.ledger.remove_disks(row["id"])
+                        done.append(f"destroyed {row['name']} (its lease had ended)")
             elif f.type == "mount-missing":
                 vm, target = f.object.split(":", 1)
                 for row in self.ledger.live_vms():
@@ -219,6 +231,16 @@ class Observer:
                                 rec_file.unlink()
                                 done.append(f"dropped the stale mount record {vm}:{target}")
         return done
+
+
+def _tunnel_alive(tunnel: dict) -> bool:
+    """The tunnel's ssh still runs: same pid *and* start time, so a reused pid does not count."""
+    try:
+        proc = psutil.Process(tunnel["pid"])
+        return proc.status() != psutil.STATUS_ZOMBIE and (
+            tunnel["create_time"] is None or abs(proc.create_time() - tunnel["create_time"]) < 0.01)
+    except (psutil.Error, TypeError, ValueError):
+        return False
 
 
 def _qmp_status(driver: QemuDriver, name: str) -> str | None:

@@ -22,7 +22,7 @@ from .errors import ConfigError
 from .sizes import format_size, parse_size
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
-TOP_LEVEL = {"vms", "mounts", "agents", "backups", "defaults"}
+TOP_LEVEL = {"vms", "mounts", "agents", "forwards", "backups", "defaults"}
 VM_FIELDS = {"cpus", "memory", "disk", "image"}
 KNOWN_IMAGES = {"debian-12"}
 MIN_MEMORY = 128 * 1024**2
@@ -80,6 +80,38 @@ class AgentSpec:
     env: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Endpoint:
+    """An address and port; the address defaults to loopback so nothing is exposed unless asked."""
+
+    addr: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.addr}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ForwardSpec:
+    """An SSH tunnel to a VM.
+
+    ``local``: ``host`` listens on the host and leads to ``guest`` inside the VM.
+    ``remote``: ``guest`` listens inside the VM and leads to ``host`` on the host.
+    ``socks5``: ``host`` is a SOCKS5 proxy whose connections leave from the VM."""
+
+    vm: str
+    kind: str
+    host: Endpoint
+    guest: Endpoint | None = None
+
+    def describe(self) -> str:
+        if self.kind == "local":
+            return f"local {self.host} -> {self.vm} {self.guest}"
+        if self.kind == "remote":
+            return f"remote {self.vm} {self.guest} -> host {self.host}"
+        return f"socks5 {self.host} -> exits from {self.vm}"
+
+
 @dataclass
 class Config:
     """A loaded config file: its path (relative paths resolve against its folder), VMs, mounts, agents."""
@@ -89,6 +121,7 @@ class Config:
     raw: dict[str, Any] = field(default_factory=dict)
     mounts: list[MountSpec] = field(default_factory=list)
     agents: dict[str, AgentSpec] = field(default_factory=dict)
+    forwards: list[ForwardSpec] = field(default_factory=list)
 
     def mount(self, source: str) -> MountSpec:
         """The mount entry whose source is ``source`` (as written, or the same folder)."""
@@ -203,6 +236,7 @@ def load_config(path: str | Path) -> Config:
             config.vms[name] = parse_vm(name, body, f"vms.{name}")
         config.mounts = parse_mounts(data.get("mounts"), config)
         config.agents = parse_agents(data.get("agents"), config.folder)
+        config.forwards = parse_forwards(data.get("forwards"), config)
     except ConfigError as exc:
         field_path = str(exc).split(":", 1)[0].replace("[", ".").replace("]", "").split(".")
         raise ConfigError(f"{path}:{lines.line(*field_path)}: {exc}") from None
@@ -279,6 +313,59 @@ def parse_agents(raw: Any, folder: Path) -> dict[str, AgentSpec]:
         agents[name] = AgentSpec(name, kind, (folder / artifact).resolve(), body["run"],
                                  {k: str(v) for k, v in env.items()})
     return agents
+
+
+FORWARD_FIELDS = {"vm", "kind", "host", "guest"}
+FORWARD_KINDS = ("local", "remote", "socks5")
+
+
+def parse_endpoint(value: Any, where: str) -> Endpoint:
+    """``8080`` or ``"0.0.0.0:8080"``; a bare port binds to 127.0.0.1."""
+    addr, port = "127.0.0.1", value
+    if isinstance(value, str):
+        addr, _, port = value.rpartition(":")
+        addr = addr.strip("[]") or "127.0.0.1"
+        port = int(port) if port.isdigit() else port
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ConfigError(f"{where}: {value!r} is not a port (1-65535) or ADDRESS:PORT")
+    return Endpoint(addr, port)
+
+
+def parse_forwards(raw: Any, config: Config) -> list[ForwardSpec]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise ConfigError("forwards: expected a list of {vm, kind, host, guest}")
+    forwards: list[ForwardSpec] = []
+    for i, body in enumerate(raw):
+        where = f"forwards[{i}]"
+        if not isinstance(body, dict):
+            raise ConfigError(f"{where}: expected a mapping with vm, kind, host and guest")
+        unknown = set(body) - FORWARD_FIELDS
+        if unknown:
+            raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown field "
+                              f"(allowed: {', '.join(sorted(FORWARD_FIELDS))})")
+        if body.get("vm") not in config.vms:
+            raise ConfigError(f"{where}.vm: no VM named {body.get('vm')!r} under 'vms'")
+        kind = body.get("kind")
+        if kind not in FORWARD_KINDS:
+            raise ConfigError(f"{where}.kind: {kind!r} is not one of {', '.join(FORWARD_KINDS)}")
+        if "host" not in body:
+            raise ConfigError(f"{where}.host: required, a port or ADDRESS:PORT")
+        if kind == "socks5" and "guest" in body:
+            raise ConfigError(f"{where}.guest: a socks5 forward has no guest end (its connections leave from the VM)")
+        if kind != "socks5" and "guest" not in body:
+            raise ConfigError(f"{where}.guest: required for a {kind} forward, a port or ADDRESS:PORT")
+        f = ForwardSpec(body["vm"], kind, parse_endpoint(body["host"], f"{where}.host"),
+                        parse_endpoint(body["guest"], f"{where}.guest") if kind != "socks5" else None)
+        listens = (lambda x: (x.vm, x.guest.port)) if kind == "remote" else (lambda x: ("host", x.host.port))
+        for j, other in enumerate(forwards):
+            other_listens = (other.vm, other.guest.port) if other.kind == "remote" else ("host", other.host.port)
+            if other_listens == listens(f):
+                side = "guest" if kind == "remote" else "host"
+                raise ConfigError(f"{where}.{side}: port {listens(f)[1]} already listens for forwards[{j}]")
+        forwards.append(f)
+    return forwards
 
 
 def check_config(config: Config, data: dict) -> Config:

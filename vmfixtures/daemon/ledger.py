@@ -47,7 +47,7 @@ CREATE TABLE IF NOT EXISTS mounts(
 CREATE TABLE IF NOT EXISTS tunnels(
   id INTEGER PRIMARY KEY AUTOINCREMENT, vm_id INTEGER REFERENCES vms(id),
   kind TEXT NOT NULL, bind TEXT NOT NULL, target TEXT NOT NULL, pid INTEGER,
-  state TEXT NOT NULL, created_at REAL NOT NULL);
+  state TEXT NOT NULL, created_at REAL NOT NULL, create_time REAL);
 CREATE TABLE IF NOT EXISTS events(
   id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, kind TEXT NOT NULL,
   subject TEXT, detail TEXT);
@@ -70,6 +70,9 @@ class Ledger:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
             self._db.executescript(SCHEMA)
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(tunnels)")}
+            if "create_time" not in columns:  # a ledger from before tunnels were supervised
+                self._db.execute("ALTER TABLE tunnels ADD COLUMN create_time REAL")
 
     def _exec(self, sql: str, args: tuple = ()) -> sqlite3.Cursor:
         with self._lock:
@@ -182,6 +185,21 @@ class Ledger:
 
     def remove_disk_path(self, path: str) -> None:
         self._exec("UPDATE disks SET removed_at=? WHERE path=? AND removed_at IS NULL", (time.time(), path))
+
+    # -- tunnels ----------------------------------------------------------------
+    def add_tunnel(self, vm_id: int | None, kind: str, bind: str, target: str, pid: int, create_time: float) -> int:
+        return self._exec("INSERT INTO tunnels(vm_id, kind, bind, target, pid, create_time, state, created_at) "
+                          "VALUES (?,?,?,?,?,?,'up',?)", (vm_id, kind, bind, target, pid, create_time,
+                                                         time.time())).lastrowid
+
+    def tunnel_up(self, tunnel_id: int, pid: int, create_time: float) -> None:
+        self._exec("UPDATE tunnels SET pid=?, create_time=?, state='up' WHERE id=?", (pid, create_time, tunnel_id))
+
+    def tunnel_down(self, tunnel_id: int) -> None:
+        self._exec("UPDATE tunnels SET state='down' WHERE id=?", (tunnel_id,))
+
+    def end_tunnels(self, vm_id: int) -> None:
+        self._exec("UPDATE tunnels SET state='down' WHERE vm_id=? AND state='up'", (vm_id,))
 
     def live_tunnels(self) -> list[dict]:
         return self._rows("SELECT * FROM tunnels WHERE state='up'")

@@ -91,6 +91,9 @@ class Daemon:
         r.add_post("/v1/shutdown", self.shutdown)
         r.add_get("/v1/observer", self.observer_reports)
         r.add_post("/v1/observe", self.observe)
+        r.add_get("/v1/tunnels", self.list_tunnels)
+        r.add_post("/v1/tunnels", self.tunnel_up)
+        r.add_delete("/v1/tunnels/{id:[0-9]+}", self.tunnel_down)
         return app
 
     @web.middleware
@@ -182,6 +185,20 @@ class Daemon:
         except ValueError:
             raise errors.ConfigError("after must be a pass number and wait a number of seconds") from None
         return web.json_response(await self._run(self.service.observer_reports, after, wait))
+
+    async def list_tunnels(self, request):
+        return web.json_response(self.service.ledger.live_tunnels())
+
+    async def tunnel_up(self, request):
+        b = await _body(request)
+        result = await self._run(self.service.tunnel_up, _field(b, "storage", str), _field(b, "name", str),
+                                 _field(b, "kind", str), _field(b, "bind", str), _field(b, "target", str),
+                                 _field(b, "pid", int), _field(b, "create_time", (int, float)),
+                                 _field(b, "id", int, False))
+        return web.json_response(result, status=201)
+
+    async def tunnel_down(self, request):
+        return web.json_response(await self._run(self.service.tunnel_down, int(request.match_info["id"])))
 
     async def observe(self, request):
         b = await _body(request)

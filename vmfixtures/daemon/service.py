@@ -230,10 +230,25 @@ class FixtureService:
             self.ledger.update_vm(row["id"], state="destroyed")
             self.ledger.end_processes(row["id"])
             self.ledger.remove_disks(row["id"])
+            self.ledger.end_tunnels(row["id"])  # their ssh lose the guest and their forwarder gives up
         if proof is None:
             return {"pid": None, "process_gone": True, "removed": 0}
         return {"pid": proof.pid, "process_gone": proof.process_gone, "removed": len(proof.removed),
                 "leftovers": proof.leftovers}
+
+    # -- tunnels (supervised by a `vmfixtures portforward` process, recorded here) --------
+    def tunnel_up(self, storage: str, name: str, kind: str, bind: str, target: str, pid: int,
+                  create_time: float, tunnel_id: int | None = None) -> dict:
+        """Record a tunnel that now listens (a new one, or a restored one under its old id)."""
+        if tunnel_id is not None:
+            self.ledger.tunnel_up(tunnel_id, pid, create_time)
+            return {"id": tunnel_id}
+        row = self.ledger.find_vm(storage, name)
+        return {"id": self.ledger.add_tunnel(row["id"] if row else None, kind, bind, target, pid, create_time)}
+
+    def tunnel_down(self, tunnel_id: int) -> dict:
+        self.ledger.tunnel_down(tunnel_id)
+        return {"id": tunnel_id}
 
     def list_vms(self) -> list[dict]:
         return [self.describe_vm(r) for r in self.ledger.live_vms()]
