@@ -132,6 +132,7 @@ def after_scenario(context, scenario):
         if context.client is not None and context.client.alive():
             _check_observer(context, scenario)
     finally:  # cleanup first, whatever the check said: a leaked VM would break the next scenarios
+        context.project.stop_backgrounds()  # forwarders and backup loops end before their VMs do
         if context.client is None:
             leftovers = context.scope.destroy_vms()
             assert not leftovers, f"VMs of scenario '{scenario.name}' survived destruction: {leftovers}"

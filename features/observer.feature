@@ -24,7 +24,7 @@ Feature: Observer
   @observer.drift
   Scenario: A stray QEMU named like the project's is reported
     When a stray QEMU named like the project's runs in the storage
-    Then within one observer interval the observer reports "orphan-process" for "QEMU pid"
+    Then within one observer interval the observer reports "orphan-process" for the stray QEMU
 
   @observer.drift
   Scenario: A stray file dropped into the storage is reported
@@ -38,6 +38,20 @@ Feature: Observer
     And the operator mounted "app"
     When the guest of "watched" unmounts "/work/app" on its own
     Then within one observer interval the observer reports "mount-missing" for "watched:/work/app"
+
+  @observer.drift
+  Scenario: A tunnel whose forwarder was killed is reported
+    Given the config forwards host port 18080 to port 8000 of "watched"
+    And port forwarding runs
+    When the forwarder is killed with SIGKILL
+    Then within one observer interval the observer reports "tunnel-down" for "127.0.0.1:18080"
+
+  @observer.drift
+  Scenario: The observer's safe fix kills a stray QEMU and says so
+    Given a stray QEMU named like the project's runs in the storage
+    When the operator runs the observer with its safe fixes
+    Then the observer says it killed the stray QEMU
+    And the stray QEMU is gone
 
   @observer.drift
   Scenario: After a crashed VM is restarted, the next report is clean

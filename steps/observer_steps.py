@@ -44,6 +44,7 @@ def step_delete_disk(context, name):
     (context.driver.vm_dir(name) / "disk.qcow2").unlink()
 
 
+@given("a stray QEMU named like the project's runs in the storage")
 @when("a stray QEMU named like the project's runs in the storage")
 def step_stray_qemu(context):
     folder = context.driver.storage / "stray-qemu"
@@ -53,6 +54,7 @@ def step_stray_qemu(context):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     context.add_cleanup(shutil.rmtree, folder, ignore_errors=True)
     context.add_cleanup(lambda: (proc.kill(), proc.wait()))  # cleanups run last-added first
+    context.stray = proc
     _mark(context)
 
 
@@ -77,6 +79,34 @@ def step_reported(context, kind, what):
     assert hits, f"expected the first observer pass after the drift to report {kind} for {what!r}: {report}"
     assert all(f["evidence"] and f["fix"] for f in hits), f"expected evidence and a fix in each finding: {hits}"
     context.drift_reported = hits
+
+
+@then('within one observer interval the observer reports "{kind}" for the stray QEMU')
+def step_reported_stray(context, kind):
+    step_reported(context, kind, f"QEMU pid {context.stray.pid}")
+
+
+@when("the forwarder is killed with SIGKILL")
+def step_kill_forwarder(context):
+    _mark(context)
+    context.forwarder.signal(signal.SIGKILL)
+    context.forwarder.proc.wait()
+
+
+@when("the operator runs the observer with its safe fixes")
+def step_observe_fix(context):
+    context.result = context.project.operator("observe", "--fix")
+
+
+@then("the observer says it killed the stray QEMU")
+def step_says_killed(context):
+    r = context.result
+    assert f"killed orphan QEMU pid {context.stray.pid}" in r.stdout, f"expected the fix to be reported; {r.describe()}"
+
+
+@then("the stray QEMU is gone")
+def step_stray_gone(context):
+    assert wait_exit(context.stray.pid, 10.0), f"expected the stray QEMU pid {context.stray.pid} killed, it runs"
 
 
 @given('the QEMU process of "{name}" was killed and the observer reported "{kind}"')

@@ -9,9 +9,10 @@ see them.
 from __future__ import annotations
 
 import os
-import select
+import queue
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -49,6 +50,8 @@ class Project:
         self.vms: dict[str, dict] = {}
         self.mounts: list[dict] = []
         self.agents: dict[str, dict] = {}
+        self.forwards: list[dict] = []
+        self.backgrounds: list[Background] = []
 
     @property
     def config_path(self) -> Path:
@@ -67,12 +70,15 @@ class Project:
         self.agents[name] = {"install": {kind: artifact}, "run": run, **({"env": env} if env else {})}
         self._write()
 
+    def declare_forward(self, vm: str, kind: str, host, guest=None) -> None:
+        self.forwards.append({"vm": vm, "kind": kind, "host": host, **({"guest": guest} if guest else {})})
+        self._write()
+
     def _write(self) -> None:
         data: dict = {"vms": self.vms}
-        if self.mounts:
-            data["mounts"] = self.mounts
-        if self.agents:
-            data["agents"] = self.agents
+        for section in ("mounts", "agents", "forwards"):
+            if getattr(self, section):
+                data[section] = getattr(self, section)
         self.write_config(data)
 
     def write_file(self, relative: str, text: str) -> Path:
@@ -108,31 +114,58 @@ class Project:
         """Start a long-running `vmfixtures ARGV...` (repeated backups, ...)."""
         proc = subprocess.Popen([sys.executable, "-m", "vmfixtures", "--quiet", *argv], cwd=self.folder,
                                 env=self._env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        return Background(proc, list(argv))
+        self.backgrounds.append(Background(proc, list(argv)))
+        return self.backgrounds[-1]
+
+    def stop_backgrounds(self) -> list[str]:
+        """SIGTERM every long-running command still running (before its VMs go); returns what had to be killed."""
+        killed = []
+        for bg in self.backgrounds:
+            if bg.proc.poll() is None:
+                bg.proc.terminate()
+                try:
+                    bg.proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    bg.proc.kill()
+                    bg.proc.wait()
+                    killed.append(" ".join(bg.argv))
+        return killed
 
 
 class Background:
-    """A long-running operator command; waits on its output lines, not on the clock."""
+    """A long-running operator command; waits on its output lines, not on the clock.
+
+    A thread reads stdout line by line into a queue: select() on a buffered pipe
+    misses lines that arrived together with the one just read."""
 
     def __init__(self, proc: subprocess.Popen, argv: list[str]):
         self.proc, self.argv = proc, argv
         self.lines: list[str] = []
+        self._stderr: str | None = None
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
 
     def wait_for_line(self, prefix: str, timeout: float = 60, count: int = 1) -> list[str]:
         """Block until ``count`` new stdout lines starting with ``prefix`` arrived."""
         deadline = time.monotonic() + timeout
         found: list[str] = []
         while len(found) < count:
-            remaining = deadline - time.monotonic()
-            ready = select.select([self.proc.stdout], [], [], max(0.0, remaining))[0] if remaining > 0 else []
-            if not ready:
+            try:
+                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
                 raise AssertionError(f"`vmfixtures {' '.join(self.argv)}` printed no line starting with "
-                                     f"{prefix!r} within {timeout:.0f}s; so far: {self.lines}")
-            line = self.proc.stdout.readline()
-            if not line:
+                                     f"{prefix!r} within {timeout:.0f}s; so far: {self.lines}") from None
+            if line is None:
+                self._queue.put(None)  # later waits see the end too
                 raise AssertionError(f"`vmfixtures {' '.join(self.argv)}` exited {self.proc.wait()}: "
-                                     f"{self.proc.stderr.read().strip()}; output: {self.lines}")
-            self.lines.append(line.rstrip("\n"))
+                                     f"{self.stderr().strip()}; output: {self.lines}")
+            self.lines.append(line)
             if line.startswith(prefix):
                 found.append(line)
         return found
@@ -141,8 +174,20 @@ class Background:
         self.proc.send_signal(sig)
 
     def finish(self, timeout: float = 60) -> CommandResult:
-        out, err = self.proc.communicate(timeout=timeout)
-        return CommandResult(self.argv, self.proc.returncode, "\n".join(self.lines) + out, err)
+        """Wait for the command to exit and return everything it printed."""
+        self.proc.wait(timeout=timeout)
+        self._reader.join(timeout)
+        while (line := self._queue.get()) is not None:
+            self.lines.append(line)
+        self._queue.put(None)
+        return CommandResult(self.argv, self.proc.returncode, "\n".join(self.lines), self.stderr())
+
+    def stderr(self) -> str:
+        """What the command wrote to stderr (read once, after it exited)."""
+        if self._stderr is None:
+            self.proc.wait()
+            self._stderr = self.proc.stderr.read()
+        return self._stderr
 
 
 class Fixtures:
@@ -206,3 +251,50 @@ def spawn_runner(project: Project, name: str, ttl: float, state_dir: Path | None
         proc.kill()
         raise
     return RunnerProcess(proc, line.strip())
+
+
+def serve_in_guest(machine, port: int, text: str) -> None:
+    """An HTTP server inside the guest answering ``text`` on its 127.0.0.1:``port`` (python3 http.server)."""
+    site = f"/srv/site-{port}"
+    machine.succeed(["mkdir", "-p", site])
+    machine.write_file(f"{site}/index.html", text + "\n")
+    machine.succeed(f"cd {site} && setsid python3 -m http.server {port} --bind 127.0.0.1 </dev/null >/dev/null 2>&1 &")
+    machine.wait_until_succeeds(f"ss -Hltn 'sport = :{port}' | grep -q LISTEN")
+
+
+class HostServer:
+    """An HTTP server on the host's 127.0.0.1:``port`` answering ``text``, in a thread of this process."""
+
+    def __init__(self, port: int, text: str):
+        import http.server
+        import threading
+
+        body = (text + "\n").encode()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def http_get(url: str, socks5: str | None = None, timeout: float = 10.0) -> str:
+    """GET ``url`` from the host with curl, optionally through a SOCKS5 proxy that resolves names remotely."""
+    argv = ["curl", "-sS", "--max-time", str(timeout), url]
+    if socks5:
+        argv[1:1] = ["--socks5-hostname", socks5]
+    r = subprocess.run(argv, capture_output=True, text=True)
+    if r.returncode:
+        raise AssertionError(f"`{' '.join(argv)}` failed ({r.returncode}): {r.stderr.strip()}")
+    return r.stdout

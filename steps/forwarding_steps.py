@@ -1,0 +1,118 @@
+"""Port forwarding: real services on both sides, real ssh tunnels between them."""
+
+import os
+import signal
+
+import psutil
+from behave import given, then, when
+
+from vmfixtures.drivers.qemu import process_alive
+from vmfixtures.testkit import HostServer, http_get, serve_in_guest
+
+
+def _tunnel_pids(context):
+    return [int(line.rsplit("ssh pid ", 1)[1].split(")")[0].split(",")[0])
+            for line in context.forwarder.lines if line.startswith(("up:", "restored:"))]
+
+
+@given('the VM "{name}" serves "{text}" on its port {port:d}')
+def step_guest_serves(context, name, text, port):
+    serve_in_guest(context.driver.machine(name), port, text)
+
+
+@given('the host serves "{text}" on its port {port:d}')
+def step_host_serves(context, text, port):
+    context.add_cleanup(HostServer(port, text).stop)
+
+
+@given('the config forwards host port {host:d} to port {guest:d} of "{name}"')
+def step_local_forward(context, host, guest, name):
+    context.project.declare_forward(name, "local", host, guest)
+
+
+@given('the config forwards port {guest:d} of "{name}" to host port {host:d}')
+def step_remote_forward(context, guest, name, host):
+    context.project.declare_forward(name, "remote", host, guest)
+
+
+@given('the config offers a SOCKS5 proxy into "{name}" on host port {host:d}')
+def step_socks_forward(context, name, host):
+    context.project.declare_forward(name, "socks5", host)
+
+
+@given("port forwarding runs")
+@when("the operator starts port forwarding")
+def step_start_forwarding(context):
+    context.forwarder = context.project.start("portforward", "-c", str(context.project.config_path))
+    try:
+        context.forwarder.wait_for_line("forwarding ", timeout=context.driver.accel().scale(30))
+    except AssertionError:
+        if context.forwarder.proc.poll() is None:
+            raise  # still running but never up: that is the failure
+        context.result = context.forwarder.finish()  # it refused: keep its words for the Then steps
+
+
+@when("the operator stops port forwarding")
+def step_stop_forwarding(context):
+    context.tunnel_pids = _tunnel_pids(context)
+    context.forwarder.signal(signal.SIGINT)
+    context.result = context.forwarder.finish()
+
+
+@when("the ssh process of the tunnel on host port {port:d} is killed")
+def step_kill_tunnel(context, port):
+    line = next(l for l in context.forwarder.lines if l.startswith("up:") and f":{port} " in l)
+    os.kill(int(line.rsplit("ssh pid ", 1)[1].rstrip(")")), signal.SIGKILL)
+
+
+@then("the forwarder reports the tunnel restored")
+def step_restored(context):
+    context.forwarder.wait_for_line("restored:", timeout=context.driver.accel().scale(30))
+
+
+@then('the host gets "{text}" from 127.0.0.1:{port:d}')
+def step_host_gets(context, text, port):
+    got = http_get(f"http://127.0.0.1:{port}/").strip()
+    assert got == text, f"expected {text!r} through host port {port}, got {got!r}"
+
+
+@then("host port {port:d} listens on 127.0.0.1 only")
+def step_loopback_only(context, port):
+    addrs = {c.laddr.ip for c in psutil.net_connections("tcp") if c.status == "LISTEN" and c.laddr.port == port}
+    assert addrs == {"127.0.0.1"}, f"expected host port {port} bound to 127.0.0.1 only, it listens on {addrs}"
+
+
+@then('the guest of "{name}" gets "{text}" from 127.0.0.1:{port:d}')
+def step_guest_gets(context, name, text, port):
+    got = context.driver.machine(name).succeed(
+        ["python3", "-c", f"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:{port}/').read().decode())"])
+    assert got.strip() == text, f"expected {text!r} from the guest's 127.0.0.1:{port}, got {got.strip()!r}"
+
+
+@then("through the proxy on port {proxy:d} the host gets \"{text}\" from the VM's 127.0.0.1:{port:d}")
+def step_socks_gets(context, proxy, text, port):
+    got = http_get(f"http://127.0.0.1:{port}/", socks5=f"127.0.0.1:{proxy}").strip()
+    assert got == text, f"expected {text!r} through the SOCKS5 proxy, got {got!r}"
+
+
+@then("no ssh process of the tunnels remains")
+def step_no_ssh(context):
+    r = context.result
+    assert r.exit_code == 0 and "every one gone" in r.stdout, f"expected a clean stop; {r.describe()}"
+    alive = [p for p in context.tunnel_pids if process_alive(p)]
+    assert context.tunnel_pids and not alive, f"expected tunnels {context.tunnel_pids} gone, alive: {alive}"
+
+
+@then("nothing listens on host ports {ports}")
+def step_ports_closed(context, ports):
+    wanted = {int(p) for p in ports.replace(" and ", ",").split(",")}
+    busy = {c.laddr.port for c in psutil.net_connections("tcp") if c.status == "LISTEN"} & wanted
+    assert not busy, f"expected host ports {sorted(wanted)} closed, still listening: {sorted(busy)}"
+
+
+@then('the command fails with a config error for "{field}"')
+def step_config_field_error(context, field):
+    r = context.result
+    expected = f"{context.project.config_path}:"
+    assert r.exit_code == 2 and expected in r.stderr and f" {field}:" in r.stderr, \
+        f"expected exit code 2 naming {expected} and {field}; {r.describe()}"
