@@ -61,3 +61,36 @@ def test_differences_are_field_by_field():
     a, b = VMSpec("web"), VMSpec("web", cpus=2, memory=1024**3)
     assert a.differences(b) == ["cpus: existing 1, requested 2", "memory: existing 512M, requested 1G"]
     assert a.differences(VMSpec("web")) == []
+
+
+FWD = "vms:\n  web: {}\nforwards:\n"
+
+
+def test_forwards_default_to_loopback(tmp_path):
+    from vmfixtures.spec import Endpoint, ForwardSpec
+
+    cfg = load_config(write(tmp_path, FWD + "  - {vm: web, kind: local, host: 8080, guest: 80}\n"
+                                            "  - {vm: web, kind: socks5, host: '0.0.0.0:1080'}\n"))
+    assert cfg.forwards == [ForwardSpec("web", "local", Endpoint("127.0.0.1", 8080), Endpoint("127.0.0.1", 80)),
+                            ForwardSpec("web", "socks5", Endpoint("0.0.0.0", 1080))]
+
+
+@pytest.mark.parametrize("entry, field, words", [
+    ("{vm: db, kind: local, host: 8080, guest: 80}", "forwards[0].vm", "no VM named 'db'"),
+    ("{vm: web, kind: tcp, host: 8080, guest: 80}", "forwards[0].kind", "not one of local, remote, socks5"),
+    ("{vm: web, kind: local, host: 70000, guest: 80}", "forwards[0].host", "not a port"),
+    ("{vm: web, kind: local, host: 8080}", "forwards[0].guest", "required for a local forward"),
+    ("{vm: web, kind: socks5, host: 1080, guest: 80}", "forwards[0].guest", "no guest end"),
+    ("{vm: web, kind: local, guest: 80}", "forwards[0].host", "required"),
+    ("{vm: web, kind: local, host: 8080, guest: 80, via: x}", "forwards[0].via", "unknown field"),
+])
+def test_bad_forward_names_line_and_field(tmp_path, entry, field, words):
+    message = error_of(tmp_path, FWD + f"  - {entry}\n")
+    assert message.startswith(f"{tmp_path / 'vmfixtures.yaml'}:4: {field}"), message
+    assert words in message
+
+
+def test_two_forwards_on_one_host_port_are_refused(tmp_path):
+    message = error_of(tmp_path, FWD + "  - {vm: web, kind: local, host: 8080, guest: 80}\n"
+                                       "  - {vm: web, kind: socks5, host: 8080}\n")
+    assert "forwards[1].host: port 8080 already listens for forwards[0]" in message

@@ -158,6 +158,10 @@ class _Lines:
     def line(self, *keys: str) -> int:
         node, best = self.root, 1
         for key in keys:
+            if isinstance(node, yaml.SequenceNode) and key.isdigit() and int(key) < len(node.value):
+                node = node.value[int(key)]  # mounts[2] -> the third item
+                best = node.start_mark.line + 1
+                continue
             if not isinstance(node, yaml.MappingNode):
                 break
             for k, v in node.value:
