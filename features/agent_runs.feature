@@ -41,6 +41,21 @@ Feature: Agent runs in a mounted project
     Then the first backup of "repo" holds "TASK.md" but not "hello.txt"
     And the last backup of "repo" holds "hello.txt"
 
+  Scenario: While the agent works, the backup loop keeps snapshotting the project
+    Given the agent "scribe" is installed
+    And the mount "repo" is backed up every second
+    And the task in "repo" is:
+      """
+      write draft.txt: first draft
+      wait GO
+      write final.txt: done
+      """
+    When the agent "scribe" is at work in "agentbox"
+    Then while the agent works, a backup of "repo" holds "draft.txt" but not "final.txt"
+    When the host writes "go" to "repo/GO"
+    Then the agent's run ends with exit code 0
+    And the last backup of "repo" holds "final.txt"
+
   Scenario: With backups disabled, no snapshot is taken
     Given the agent "scribe" is installed
     When the operator runs the agent "scribe" with backups disabled

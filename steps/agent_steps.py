@@ -8,6 +8,7 @@ from behave import given, then, when
 from vmfixtures.agents import reference_wheel
 from vmfixtures.backups.folders import snapshots
 from vmfixtures.spec import load_config
+from vmfixtures.testkit import wait_for
 
 
 def _run(context, *argv):
@@ -121,3 +122,42 @@ def step_last_backup(context, folder, present):
 def step_no_backup(context, folder):
     snaps = _backups(context, folder)
     assert not snaps, f"expected no backup of {folder}, found {[s.name for s in snaps]}"
+
+
+@given('the mount "{source}" is backed up every second')
+def step_backup_every_second(context, source):
+    entry = next(m for m in context.project.mounts if m["source"] == source)
+    entry["interval"] = 1
+    context.project.save()
+
+
+@given('the task in "{folder}" is:')
+def step_task(context, folder):
+    context.project.write_file(f"{folder}/TASK.md", context.text)
+
+
+@given('the agent "{name}" is at work in "{vm}"')
+@when('the agent "{name}" is at work in "{vm}"')
+def step_at_work(context, name, vm):
+    context.agent_run = context.project.start("run", name, "-c", str(context.project.config_path))
+    command = load_config(context.project.config_path).agent(name).run.split()[0]
+    machine, run = context.driver.machine(vm), context.agent_run
+
+    def working():
+        assert run.proc.poll() is None, f"expected the agent at work; the run ended: {run.finish().describe()}"
+        return machine.execute(["pgrep", "-f", command]).ok
+
+    wait_for(working, context.driver.accel().scale(60), f"the agent {name} at work in {vm}")
+
+
+@then('while the agent works, a backup of "{folder}" holds "{present}" but not "{absent}"')
+def step_backup_during(context, folder, present, absent):
+    wait_for(lambda: [s for s in _backups(context, folder) if (s / present).exists() and not (s / absent).exists()],
+             context.driver.accel().scale(30), f"a backup of {folder} with {present} and without {absent}")
+    assert context.agent_run.proc.poll() is None, "expected the agent still at work when that backup was taken"
+
+
+@then("the agent's run ends with exit code {code:d}")
+def step_run_ends(context, code):
+    context.result = context.agent_run.finish(timeout=context.driver.accel().scale(60))
+    assert context.result.exit_code == code, f"expected the agent's exit code {code}; {context.result.describe()}"

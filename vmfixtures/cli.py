@@ -353,6 +353,14 @@ def cmd_portforward(args) -> int:
     return 0
 
 
+def cmd_status(args) -> int:
+    from .status import describe, project_status
+
+    rows = project_status(_driver(args), load_config(args.config))
+    print(json.dumps(rows, indent=2) if args.json else describe(rows))
+    return 0
+
+
 def cmd_console(args) -> int:
     driver, name = _target(args)
     driver.spec(name)  # NotFound for an unknown VM
@@ -492,7 +500,11 @@ def cmd_run(args) -> int:
         mounts.mount(mount.source, mount.target)
         print(f"mounted {mount.source} at {mount.vm}:{mount.target}", file=sys.stderr)
     dest = None if args.disable_backups else agents.backup_dest(config, mount)
-    report = agents.run(machine, agent, mount, dest, args.args, timeout=args.timeout)
+    def progress(result):
+        if result.snapshot:
+            print(f"vmfixtures: backup while the agent works: {result.snapshot.name}", file=sys.stderr, flush=True)
+
+    report = agents.run(machine, agent, mount, dest, args.args, timeout=args.timeout, on_backup=progress)
     sys.stdout.write(report.result.stdout)
     sys.stderr.write(report.result.stderr)
     if dest is None:
@@ -798,6 +810,13 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--vm", help="only the forwards of this VM")
     pf.add_argument("-c", "--config", default="vmfixtures.yaml")
     pf.set_defaults(func=cmd_portforward)
+    stp = sub.add_parser("status", help="VMs of the config: state, resources, mounts, last backups, running agents")
+    stp.add_argument("-c", "--config", default="vmfixtures.yaml")
+    stp.add_argument("--json", action="store_true")
+    stp.set_defaults(func=cmd_status)
+    sh = sub.add_parser("shell", help="an interactive shell in a running VM (commands from stdin when it is no terminal)")
+    sh.add_argument("name", help="VM name, or a daemon lease id")
+    sh.set_defaults(func=cmd_ssh, command=[])
     c = sub.add_parser("console", help="print a VM's serial console log")
     c.add_argument("name", help="VM name, or a daemon lease id")
     c.set_defaults(func=cmd_console)

@@ -60,21 +60,22 @@ class Project:
     def declare_vm(self, name: str, **fields) -> None:
         """Add or change a VM in the config and write the file."""
         self.vms[name] = {k: v for k, v in fields.items() if v not in (None, "")}
-        self._write()
+        self.save()
 
     def declare_mount(self, source: str, target: str, vm: str, **fields) -> None:
         self.mounts.append({"source": source, "target": target, "vm": vm, **fields})
-        self._write()
+        self.save()
 
     def declare_agent(self, name: str, kind: str, artifact: str, run: str, env: dict | None = None) -> None:
         self.agents[name] = {"install": {kind: artifact}, "run": run, **({"env": env} if env else {})}
-        self._write()
+        self.save()
 
     def declare_forward(self, vm: str, kind: str, host, guest=None) -> None:
         self.forwards.append({"vm": vm, "kind": kind, "host": host, **({"guest": guest} if guest else {})})
-        self._write()
+        self.save()
 
-    def _write(self) -> None:
+    def save(self) -> None:
+        """Write the config file from what was declared."""
         data: dict = {"vms": self.vms}
         for section in ("mounts", "agents", "forwards"):
             if getattr(self, section):
@@ -98,10 +99,11 @@ class Project:
             env["VMFIXTURES_LEASE"] = self.lease
         return env
 
-    def operator(self, *argv: str, timeout: float = 600) -> CommandResult:
-        """Run `vmfixtures ARGV...` in the project folder against the run's storage."""
+    def operator(self, *argv: str, timeout: float = 600, input: str | None = None) -> CommandResult:
+        """Run `vmfixtures ARGV...` in the project folder against the run's storage (``input`` on stdin)."""
         proc = subprocess.run([sys.executable, "-m", "vmfixtures", "--quiet", *argv], cwd=self.folder,
-                              env=self._env(), capture_output=True, text=True, timeout=timeout)
+                              env=self._env(), capture_output=True, text=True, timeout=timeout,
+                              input=input, stdin=None if input is not None else subprocess.DEVNULL)
         return CommandResult(list(argv), proc.returncode, proc.stdout, proc.stderr)
 
     def operator_on_config(self, *argv: str) -> CommandResult:
@@ -298,3 +300,13 @@ def http_get(url: str, socks5: str | None = None, timeout: float = 10.0) -> str:
     if r.returncode:
         raise AssertionError(f"`{' '.join(argv)}` failed ({r.returncode}): {r.stderr.strip()}")
     return r.stdout
+
+
+def wait_for(condition, timeout: float, what: str, every: float = 0.1):
+    """Poll ``condition`` until it returns something truthy (host-side facts with no event to wait on)."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"expected {what} within {timeout:.0f}s; it did not happen")
+        time.sleep(every)
+    return value

@@ -100,8 +100,10 @@ class RunReport:
 
 
 def run(machine, agent: AgentSpec, mount: MountSpec, backups: Path | None, args: list[str] = (),
-        timeout: float = 3600) -> RunReport:
-    """Run ``agent`` in ``mount``'s guest folder; snapshot the folder around it unless ``backups`` is None."""
+        timeout: float = 3600, on_backup=None) -> RunReport:
+    """Run ``agent`` in ``mount``'s guest folder; snapshot the folder around it unless ``backups`` is None.
+
+    ``on_backup`` sees each result of the backup loop while the agent works."""
     if not machine.execute(f"command -v {shlex.quote(command_name(agent))}").ok:
         raise ConfigError(f"agent '{agent.name}' is not installed in VM '{machine.name}' "
                           f"(run `vmfixtures install-agents {agent.name}`)")
@@ -111,7 +113,7 @@ def run(machine, agent: AgentSpec, mount: MountSpec, backups: Path | None, args:
     report_initial = None
     if backups is not None:
         report_initial = backup_once(mount.source, backups)  # before the agent touches anything
-        loop = BackupLoop(mount.source, backups, mount.interval).start()
+        loop = BackupLoop(mount.source, backups, mount.interval, on_result=on_backup).start()
     try:
         result = machine.ssh.run(command, timeout=timeout)
     finally:

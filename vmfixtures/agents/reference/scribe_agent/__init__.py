@@ -7,6 +7,7 @@ and carries out one step per line, relative to the working folder::
     append PATH: TEXT            add TEXT as a line at the end of PATH
     replace PATH: OLD => NEW     replace OLD with NEW in PATH
     delete PATH                  remove PATH
+    wait   PATH                  pause until PATH exists (a hand-off: someone else creates it)
 
 Blank lines and lines starting with '#' are ignored.
 Exit codes: 0 all steps done; 2 no task, or a line it does not understand;
@@ -16,6 +17,7 @@ Exit codes: 0 all steps done; 2 no task, or a line it does not understand;
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 
@@ -31,9 +33,20 @@ def _target(path: str) -> Path:
     return target
 
 
+WAIT_LIMIT = 600.0  # seconds a `wait` step gives the other side
+
+
 def run_step(line: str) -> str:
     verb, _, rest = line.partition(" ")
     rest = rest.strip()
+    if verb == "wait":
+        target, deadline = _target(rest), time.monotonic() + WAIT_LIMIT
+        print(f"scribe: waiting for {rest}", flush=True)
+        while not target.exists():  # polled: a FUSE mount does not report the host's changes to inotify
+            if time.monotonic() > deadline:
+                raise StepFailed(f"{rest} did not appear within {WAIT_LIMIT:.0f}s")
+            time.sleep(0.1)
+        return f"found {rest}"
     if verb == "delete":
         target = _target(rest)
         if not target.exists():

@@ -1,0 +1,68 @@
+"""Connectivity: ssh, shell and status, as the operator uses them."""
+
+import json
+import os
+import stat
+
+from behave import then, when
+
+from vmfixtures import keys
+from vmfixtures.backups.folders import snapshots
+
+
+@when('the operator runs "{command}" in "{name}" over SSH')
+def step_ssh(context, command, name):
+    context.result = context.project.operator("ssh", name, command)
+
+
+@then('the operator sees "{text}"')
+def step_sees(context, text):
+    r = context.result
+    assert r.exit_code == 0 and text in r.stdout, f"expected {text!r} in the output; {r.describe()}"
+
+
+@then("the installation's SSH key can be read by its owner only")
+def step_key_private(context):
+    st = keys.ensure_keypair().stat()
+    assert st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) == 0o600, \
+        f"expected the key owned by uid {os.getuid()} with mode 0600, it is uid {st.st_uid} mode {oct(st.st_mode)}"
+
+
+@when('the operator types "{line}" into a shell on "{name}"')
+def step_shell(context, line, name):
+    context.result = context.project.operator("shell", name, input=f"{line}\nexit\n")
+    assert context.result.exit_code == 0, f"expected the shell to end cleanly; {context.result.describe()}"
+
+
+@then('the guest of "{name}" still has "{path}" saying "{text}"')
+def step_guest_file(context, name, path, text):
+    got = context.driver.machine(name).read_file(path).decode().strip()
+    assert got == text, f"expected {path} in '{name}' to say {text!r}, it says {got!r}"
+
+
+@when("the operator asks for the status")
+def step_status(context):
+    r = context.project.operator("status", "--json", "-c", str(context.project.config_path))
+    assert r.exit_code == 0, f"expected the status; {r.describe()}"
+    context.status = {row["name"]: row for row in json.loads(r.stdout)}
+
+
+@then('the status shows "{name}" running with {cpus:d} cpu and {memory} of memory')
+def step_status_vm(context, name, cpus, memory):
+    row = context.status[name]
+    seen = (row["state"], row["cpus"], row["memory"])
+    assert seen == ("running", cpus, memory), f"expected {name} running, {cpus} cpu, {memory}; status: {row}"
+
+
+@then('the status shows "{source}" mounted at "{target}" with its last backup')
+def step_status_mount(context, source, target):
+    last = snapshots(context.project.folder / "backups" / source)[-1].name
+    mounts = [m for row in context.status.values() for m in row["mounts"] if m["source"] == source]
+    assert mounts == [{"source": source, "target": target, "mounted": True, "last_backup": last}], \
+        f"expected {source} mounted at {target} with last backup {last}; status: {mounts}"
+
+
+@then('the status shows the agent "{name}" at work')
+def step_status_agent(context, name):
+    agents = [a for row in context.status.values() for a in row["agents"] if a["name"] == name]
+    assert agents and agents[0]["pids"], f"expected the agent {name} running in the status: {agents}"
