@@ -2,7 +2,8 @@
 Feature: VM disk backups
   A VM's disk is backed up while it runs: one full backup, then incremental
   ones that hold only the blocks that changed. A chain of them restores into
-  a new VM that boots with the data as it was.
+  a new VM that boots with the data as it was. Chains are grouped by period,
+  old chains are pruned whole, and mistakes get documented exit codes.
 
   Background:
     Given a project whose config declares the VMs:
@@ -34,3 +35,29 @@ Feature: VM disk backups
     When the operator restores the backups of "builder" as the VM "phoenix"
     Then the command fails saying "missing link"
     And the VM "phoenix" does not exist
+
+  Scenario: Backups are grouped into one chain per period
+    When the operator takes a backup of "builder" grouped by quarter
+    And the operator takes a backup of "builder" grouped by quarter
+    Then the backups hold one chain, named after the current quarter, with a full and an incremental link
+
+  Scenario: Pruning keeps the newest chains whole and deletes the older ones
+    Given the operator took 3 full backups of "builder"
+    When the operator keeps only the newest backup chain
+    Then only the newest of the 3 backup chains remains
+
+  Scenario: After the backup bitmap is scrubbed, the next backup is full
+    Given the operator took a backup of "builder"
+    When the operator scrubs the backup bitmap of "builder"
+    And the operator takes a backup of "builder"
+    Then the newest backup starts a new chain with a full link
+
+  Scenario Outline: A backup that cannot be taken says why, with its documented exit code
+    Given <situation>
+    When the operator tries to back up "<vm>"
+    Then the command fails with exit code <code> saying "<words>"
+
+    Examples:
+      | situation                             | vm      | code | words                    |
+      | nothing else                          | ghost   | 3    | no VM named 'ghost'      |
+      | the operator has stopped the VM "builder" | builder | 8 | is not running           |

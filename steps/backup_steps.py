@@ -15,9 +15,13 @@ def _dest(context, folder):
 
 
 def _state(context, folder):
-    """Names of the snapshots and the inode of every file in them: 'untouched' means all equal."""
+    """Every path in the backups with its inode, size and mtime: 'untouched' means all equal
+    (a file rewritten in place changes size or mtime; a replaced one changes inode)."""
     dest = _dest(context, folder)
-    return {p.relative_to(dest).as_posix(): p.lstat().st_ino for p in dest.rglob("*")} if dest.exists() else {}
+    if not dest.exists():
+        return {}
+    return {p.relative_to(dest).as_posix(): (st.st_ino, st.st_size, st.st_mtime_ns)
+            for p in dest.rglob("*") for st in [p.lstat()]}
 
 
 def _backup(context, source, folder):

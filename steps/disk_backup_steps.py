@@ -1,9 +1,12 @@
 """VM disk backups: taken and restored through the CLI; sizes and data checked for real."""
 
 import json
+from datetime import datetime
 from pathlib import Path
 
 from behave import given, then, when
+
+from vmfixtures.backups.disks import period_name
 
 
 def _chain(context):
@@ -47,3 +50,74 @@ def step_restore(context, name, new):
     context.result = context.project.operator_on_config("vm", "restore-backup", _chain(context)["chain"], new)
     if context.result.exit_code == 0:
         context.pids[new] = context.driver.run_info(new)["pid"]
+
+
+def _chains(context):
+    r = context.project.operator("vm", "backup-status", "disk-backups", "--json")
+    assert r.exit_code == 0, f"expected the backup status; {r.describe()}"
+    return json.loads(r.stdout)
+
+
+@when('the operator takes a backup of "{name}" grouped by {period}')
+def step_backup_period(context, name, period):
+    r = context.project.operator("vm", "backup", name, "disk-backups", "--group-by", period)
+    assert r.exit_code == 0, f"expected a disk backup of '{name}'; {r.describe()}"
+
+
+@then("the backups hold one chain, named after the current {period}, with a full and an incremental link")
+def step_one_chain(context, period):
+    found = _chains(context)
+    expected = period_name(datetime.now(), period)
+    seen = [(Path(c["chain"]).name, [l["kind"] for l in c["links"]]) for c in found]
+    assert seen == [(expected, ["full", "incremental"])], f"expected one chain {expected} (full, incremental): {seen}"
+
+
+@given('the operator took {n:d} full backups of "{name}"')
+def step_full_backups(context, n, name):
+    for _ in range(n):
+        r = context.project.operator("vm", "backup", name, "disk-backups", "--full")
+        assert r.exit_code == 0, f"expected a full backup of '{name}'; {r.describe()}"
+    context.chains_before = [c["chain"] for c in sorted(_chains(context), key=lambda c: c["links"][0]["at"])]
+
+
+@when("the operator keeps only the newest backup chain")
+def step_prune(context):
+    context.result = context.project.operator("vm", "backup-prune", "disk-backups", "--keep", "1")
+    assert context.result.exit_code == 0, f"expected the prune to work; {context.result.describe()}"
+
+
+@then("only the newest of the {n:d} backup chains remains")
+def step_newest_remains(context, n):
+    before, after = context.chains_before, [c["chain"] for c in _chains(context)]
+    newest = before[-1]  # oldest first
+    assert len(before) == n and after == [newest], f"expected only the newest of {before} left, found {after}"
+    assert all(not Path(c).exists() for c in before if c != newest), "expected the older chains deleted whole"
+
+
+@when('the operator scrubs the backup bitmap of "{name}"')
+def step_scrub(context, name):
+    r = context.project.operator("vm", "backup-scrub", name)
+    assert r.exit_code == 0 and "removed" in r.stdout, f"expected the bitmap removed; {r.describe()}"
+
+
+@then("the newest backup starts a new chain with a full link")
+def step_new_full_chain(context):
+    found = _chains(context)
+    kinds = [[l["kind"] for l in c["links"]] for c in found]
+    assert kinds == [["full"], ["full"]], f"expected two chains of one full backup each, found {kinds}"
+
+
+@given("nothing else")
+def step_nothing_else(context):
+    pass
+
+
+@when('the operator tries to back up "{name}"')
+def step_try_backup(context, name):
+    context.result = context.project.operator("vm", "backup", name, "disk-backups")
+
+
+@then('the command fails with exit code {code:d} saying "{words}"')
+def step_fails_with_code(context, code, words):
+    r = context.result
+    assert r.exit_code == code and words in r.stderr, f"expected exit code {code} and {words!r}; {r.describe()}"
