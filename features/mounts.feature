@@ -53,6 +53,21 @@ Feature: Host folders mounted in VMs
     Then the guest of "builder" has no mount at "/work/app"
     And the config no longer lists a mount of "app"
 
+  Scenario: A mount still in use is kept, and so is its entry in the config
+    Given the operator mounted "app"
+    And a guest process of "builder" is working inside "/work/app"
+    When the operator tries to remove the mount "app"
+    Then the command fails saying "unmounting /work/app in VM 'builder' failed"
+    And the config is unchanged
+    And the guest of "builder" reads "hello from the host" in "/work/app/README.md"
+
+  Scenario: A mount given by a relative path is unmounted by another spelling of it
+    Given the project folder "libs/core/src" holds "core.py" saying "VERSION = 2"
+    And the config mounts "./libs/core/../core/src" at "/work/core" in "builder"
+    And the operator mounted "./libs/core/../core/src"
+    When the operator unmounts "libs/core/src"
+    Then the guest of "builder" has no mount at "/work/core"
+
   Scenario: Relative and nested paths resolve against the config's folder
     Given the project folder "libs/core/src" holds "core.py" saying "VERSION = 2"
     And the config mounts "./libs/core/../core/src" at "/work/core" in "builder"

@@ -62,6 +62,16 @@ def step_removemount(context, source):
     _ok(context)
 
 
+@when('the operator tries to remove the mount "{source}"')
+def step_try_removemount(context, source):
+    _run(context, "removemount", source)
+
+
+@given('a guest process of "{vm}" is working inside "{target}"')
+def step_busy(context, vm, target):
+    context.driver.machine(vm).succeed(f"cd {target} && setsid sleep 600 </dev/null >/dev/null 2>&1 &")
+
+
 @given('the operator stopped the VM "{name}"')
 def step_stopped(context, name):
     r = context.project.operator("vm", "stop", name)
