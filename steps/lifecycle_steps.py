@@ -37,6 +37,7 @@ def step_save_note(context, name, note):
     context.driver.machine(name).succeed(f"echo '{note}' > /root/note.txt && sync")
 
 
+@given('the operator stopped the VM "{name}"')
 @given('the operator has stopped the VM "{name}"')
 def step_has_stopped(context, name):
     r = context.project.operator("vm", "stop", name)
@@ -148,6 +149,9 @@ def step_nothing_left(context, names):
         step_no_process(context, n)
         vm_dir = context.driver.vm_dir(n)
         assert not vm_dir.exists(), f"expected the folder of '{n}' removed, it holds {[p.name for p in vm_dir.rglob('*')]}"
+        if context.client is not None:  # the daemon's ledger must agree
+            rows = [v for v in context.client.vms() if v["name"] == n and v["storage"] == str(context.driver.storage)]
+            assert not rows, f"expected the ledger to hold no live VM '{n}', it holds {rows}"
 
 
 @then('the operator is told that "{name}" already exists')

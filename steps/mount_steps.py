@@ -72,12 +72,6 @@ def step_busy(context, vm, target):
     context.driver.machine(vm).succeed(f"cd {target} && setsid sleep 600 </dev/null >/dev/null 2>&1 &")
 
 
-@given('the operator stopped the VM "{name}"')
-def step_stopped(context, name):
-    r = context.project.operator("vm", "stop", name)
-    assert r.exit_code == 0, f"expected the VM to stop; {r.describe()}"
-
-
 @when('the guest of "{vm}" writes "{text}" to "{path}"')
 def step_guest_writes(context, vm, text, path):
     context.driver.machine(vm).succeed(["sh", "-c", 'printf "%s\\n" "$1" > "$2"', "sh", text, path])

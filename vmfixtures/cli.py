@@ -670,9 +670,9 @@ def cmd_ls(args) -> int:
     client = Client()
     if not client.alive():
         raise errors.NotFound(f"no vmfixtures daemon on {client.socket_path} (start one with `vmfixtures daemon start`)")
-    leases = client.leases()
+    leases, tunnels = client.leases(), client.tunnels()
     if args.json:
-        print(json.dumps({"leases": leases, "vms": client.vms()}, indent=2))
+        print(json.dumps({"leases": leases, "vms": client.vms(), "tunnels": tunnels}, indent=2))
         return 0
     for lease in leases:
         print(f"lease {lease['id']}  {lease['scope']:<9} owner pid {lease['owner_pid']}  "
@@ -680,8 +680,10 @@ def cmd_ls(args) -> int:
         for vm in lease["vms"]:
             port = f"ssh 127.0.0.1:{vm['ssh_port']}" if vm.get("ssh_port") else ""
             print(f"    {vm['name']:<20} {vm['state']:<8} from {vm['source'] or '?':<7} {port}  {vm['storage']}")
+    for t in tunnels:
+        print(f"tunnel {t['id']}  {t['kind']:<6} {t['bind']} -> {t['target']}  ssh pid {t['pid']}")
     idle = [v for v in client.vms() if v["ledger_state"] == "pooled"]
-    print(f"{len(leases)} lease(s); {len(idle)} idle VM(s) in the warm pool")
+    print(f"{len(leases)} lease(s); {len(tunnels)} tunnel(s) up; {len(idle)} idle VM(s) in the warm pool")
     return 0
 
 

@@ -27,7 +27,7 @@ from typing import Callable
 import psutil
 
 from . import keys
-from .drivers.qemu import QemuDriver, _die_with_parent, process_alive
+from .drivers.qemu import QemuDriver, _die_with_parent, process_alive, stop_child
 from .errors import GuestError, Timeout, VmfError
 from .spec import ForwardSpec
 
@@ -224,13 +224,7 @@ class Forwarder:
         """Terminate (then kill) the tunnel's ssh, reap it, and forget it. Idempotent."""
         if t.proc is None:
             return
-        if t.proc.poll() is None:
-            t.proc.terminate()
-            try:
-                t.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                t.proc.kill()
-                t.proc.wait()
+        stop_child(t.proc, grace=5)
         if t.pidfd is not None:
             os.close(t.pidfd)
             t.pidfd = None

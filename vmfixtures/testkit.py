@@ -121,17 +121,9 @@ class Project:
 
     def stop_backgrounds(self) -> list[str]:
         """SIGTERM every long-running command still running (before its VMs go); returns what had to be killed."""
-        killed = []
-        for bg in self.backgrounds:
-            if bg.proc.poll() is None:
-                bg.proc.terminate()
-                try:
-                    bg.proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    bg.proc.kill()
-                    bg.proc.wait()
-                    killed.append(" ".join(bg.argv))
-        return killed
+        from .drivers.qemu import stop_child
+
+        return [" ".join(bg.argv) for bg in self.backgrounds if stop_child(bg.proc, grace=30)]
 
 
 class Background:

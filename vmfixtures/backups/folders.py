@@ -101,7 +101,7 @@ def backup_once(source: Path, dest: Path, now: datetime | None = None) -> Backup
     """Snapshot ``source`` into ``dest`` unless nothing changed since the newest snapshot."""
     source, dest = Path(source), Path(dest)
     _check(source, dest)
-    with open(dest / ".lock", "w") as lock:
+    with open(dest / ".lock", "a") as lock:  # "a": no truncation, so a refused backup changes nothing, not even mtimes
         fcntl.flock(lock, fcntl.LOCK_EX)
         for stale in dest.glob(f"*{PARTIAL_SUFFIX}"):
             shutil.rmtree(stale, ignore_errors=True)  # left by an interrupted run

@@ -688,6 +688,20 @@ def wait_exit(pid: int, timeout: float) -> bool:
     return exited
 
 
+def stop_child(proc: subprocess.Popen, grace: float) -> bool:
+    """SIGTERM a child, SIGKILL it if it outlives ``grace`` seconds, and reap it. True if it had to be killed."""
+    if proc.poll() is not None:
+        return False
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+        return False
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return True
+
+
 def _kill(proc: psutil.Process | None, timeout: float = 10.0) -> None:
     """SIGKILL and wait until the process has really terminated."""
     if proc is None:
