@@ -50,6 +50,14 @@ def answers(port: int) -> bool:
         return False
 
 
+def until(condition, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"bench: {what} did not happen within {timeout:.0f}s")
+        time.sleep(0.005)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=10, help="tunnel starts and kills")
@@ -67,8 +75,7 @@ def main() -> int:
             fwd = Forwarder(driver, [spec], say=lambda line: None)
             t = time.perf_counter()
             fwd.start()
-            while not answers(PORT):
-                pass
+            until(lambda: answers(PORT), "the tunnel answering")
             up.append(time.perf_counter() - t)
             fwd.stop()
         fwd = Forwarder(driver, [spec], say=lambda line: None)
@@ -79,8 +86,7 @@ def main() -> int:
             pid = fwd.tunnels[0].pid
             t = time.perf_counter()
             os.kill(pid, signal.SIGKILL)
-            while fwd.tunnels[0].pid in (pid, None) or not answers(PORT):
-                time.sleep(0.005)
+            until(lambda: fwd.tunnels[0].pid not in (pid, None) and answers(PORT), "the restored tunnel answering")
             restore.append(time.perf_counter() - t)
         through = [get(PORT) for _ in range(args.requests)]
         floor = [get(PORT + 1) for _ in range(args.requests)]

@@ -31,7 +31,7 @@ from .drivers.qemu import QemuDriver, _die_with_parent, process_alive, stop_chil
 from .errors import GuestError, Timeout, VmfError
 from .spec import ForwardSpec
 
-GIVE_UP_AFTER = 5  # quick deaths in a row (within QUICK_DEATH s of starting): the tunnel cannot work
+GIVE_UP_AFTER = 5  # ssh failing on its own this often in a row, each within QUICK_DEATH s: give up
 QUICK_DEATH = 2.0
 
 
@@ -182,12 +182,14 @@ class Forwarder:
                 why = t.proc.stderr.read().strip()
                 self._end(t)
                 self.say(f"died: {t.spec.describe()} (ssh pid {pid} exited {code}{': ' + why if why else ''})")
-                if not self._restore(t):
+                if not self._restore(t, killed=code < 0):
                     given_up += 1
         return given_up
 
-    def _restore(self, t: Tunnel) -> bool:
-        t.quick_deaths = t.quick_deaths + 1 if time.monotonic() - t.started_at < QUICK_DEATH else 0
+    def _restore(self, t: Tunnel, killed: bool) -> bool:
+        # Only an ssh that failed on its own counts against the tunnel; one killed by a signal says nothing.
+        early = time.monotonic() - t.started_at < QUICK_DEATH
+        t.quick_deaths = t.quick_deaths + 1 if early and not killed else 0
         if self.driver.state(t.spec.vm).value != "running":
             self.say(f"given up: {t.spec.describe()} (VM '{t.spec.vm}' is no longer running)")
             return False
