@@ -157,9 +157,9 @@ class Forwarder:
                 raise Timeout(f"forward {t.spec.describe()}: not listening after {self.driver.accel().scale(20):.0f}s")
 
     def _is_up(self, t: Tunnel, m) -> bool:
-        if m is not None:
-            out = m.execute(["ss", "-Hltn", f"sport = :{t.spec.guest.port}"]).stdout
-            return bool(out.strip())
+        if m is not None:  # listening in the guest, and by sshd: another listener on the port is not the tunnel
+            out = m.execute(["ss", "-Hltnp", f"sport = :{t.spec.guest.port}"]).stdout
+            return '"sshd"' in out
         addr = "127.0.0.1" if t.spec.host.addr in ("0.0.0.0", "") else t.spec.host.addr
         try:
             socket.create_connection((addr, t.spec.host.port), timeout=0.5).close()
