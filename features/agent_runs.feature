@@ -86,3 +86,4 @@ Feature: Agent runs in a mounted project
     And the agent "claude" is installed
     When the operator runs the agent "claude" with the task in TASK.md
     Then the run ends with exit code 0
+    And the host file "repo/hello.txt" says "Hello from the agent"
