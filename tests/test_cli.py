@@ -52,3 +52,30 @@ def test_create_unknown_name_creates_nothing(tmp_path):
 def test_list_on_empty_storage(tmp_path):
     r = run(tmp_path, "vm", "list", "--json")
     assert r.returncode == 0 and r.stdout.strip() == "[]"
+
+
+def test_status_of_vms_not_created_yet(tmp_path):
+    import json
+
+    (tmp_path / "app").mkdir()
+    snap = tmp_path / "backups" / "app" / "20261122T101500.000000"
+    snap.mkdir(parents=True)
+    (tmp_path / "vmfixtures.yaml").write_text("vms:\n  web: {cpus: 2, memory: 1G}\n"
+                                             "mounts:\n  - {source: app, target: /work/app, vm: web}\n")
+    r = run(tmp_path, "status", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == [{"name": "web", "state": "missing", "cpus": 2, "memory": "1G", "disk": "2G",
+                                     "mounts": [{"source": "app", "target": "/work/app", "mounted": False,
+                                                 "last_backup": snap.name}], "agents": []}]
+    text = run(tmp_path, "status").stdout
+    assert "web" in text and "missing" in text and "last backup 20261122T101500.000000" in text
+
+
+@pytest.mark.parametrize("body, words", [
+    ("vms:\n  web: {}\n", "no forwards under 'forwards'"),
+    ("vms:\n  web: {}\nforwards:\n  - {vm: web, kind: local, host: 18095, guest: 80}\n", "VM 'web' is not running"),
+])
+def test_portforward_refuses_with_nothing_to_forward(tmp_path, body, words):
+    (tmp_path / "vmfixtures.yaml").write_text(body)
+    r = run(tmp_path, "portforward")
+    assert r.returncode in (2, 9) and words in r.stderr, r.stderr
