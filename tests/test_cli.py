@@ -79,3 +79,21 @@ def test_portforward_refuses_with_nothing_to_forward(tmp_path, body, words):
     (tmp_path / "vmfixtures.yaml").write_text(body)
     r = run(tmp_path, "portforward")
     assert r.returncode in (2, 9) and words in r.stderr, r.stderr
+
+
+def test_config_example_is_valid_and_never_overwrites(tmp_path):
+    r = run(tmp_path, "config", "example")
+    assert r.returncode == 0 and (tmp_path / "vmfixtures.yaml").is_file(), r.stderr
+    assert run(tmp_path, "config", "check").returncode == 0
+    (tmp_path / "vmfixtures.yaml").write_text("vms:\n  mine: {}\n")
+    r = run(tmp_path, "config", "example")
+    assert r.returncode == 0 and "left untouched" in r.stdout
+    assert (tmp_path / "vmfixtures.yaml").read_text() == "vms:\n  mine: {}\n"
+    assert run(tmp_path, "config", "example", "--force").returncode == 0
+    assert "builder" in (tmp_path / "vmfixtures.yaml").read_text()
+
+
+def test_config_check_names_the_bad_field(tmp_path):
+    (tmp_path / "vmfixtures.yaml").write_text("vms:\n  web:\n    cpus: lots\n")
+    r = run(tmp_path, "config", "check")
+    assert r.returncode == 2 and "vmfixtures.yaml:3: vms.web.cpus" in r.stderr

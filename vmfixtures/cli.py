@@ -361,6 +361,47 @@ def cmd_status(args) -> int:
     return 0
 
 
+def cmd_config_example(args) -> int:
+    """Write the commented example config, never over an existing file unless --force."""
+    from importlib import resources
+
+    target = Path(args.output).absolute()
+    text = resources.files("vmfixtures").joinpath("example.yaml").read_text()
+    if target.exists() and not args.force:
+        print(f"{target} exists; left untouched (--force replaces it)")
+        return 0
+    if not target.parent.is_dir():
+        raise errors.ConfigError(f"{target.parent}: no such folder")
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, target)  # a crash leaves the old file or the new one, never half of either
+    finally:
+        tmp.unlink(missing_ok=True)
+    print(f"wrote the example config to {target}")
+    return 0
+
+
+def cmd_config_check(args) -> int:
+    config = load_config(args.config)
+    print(f"{config.path}: ok: {len(config.vms)} VM(s), {len(config.mounts)} mount(s), "
+          f"{len(config.agents)} agent(s), {len(config.forwards)} forward(s)")
+    return 0
+
+
+def cmd_version(args) -> int:
+    import shutil
+    import subprocess
+    from importlib import metadata
+
+    from .drivers.qemu import QEMU
+
+    qemu = subprocess.run([QEMU, "--version"], capture_output=True, text=True) if shutil.which(QEMU) else None
+    print(f"vmfixtures {metadata.version('vmfixtures')} (python {sys.version.split()[0]}; "
+          f"{qemu.stdout.splitlines()[0] if qemu and qemu.returncode == 0 else 'QEMU not installed'})")
+    return 0
+
+
 def cmd_console(args) -> int:
     driver, name = _target(args)
     driver.spec(name)  # NotFound for an unknown VM
@@ -819,6 +860,16 @@ def build_parser() -> argparse.ArgumentParser:
     sh = sub.add_parser("shell", help="an interactive shell in a running VM (commands from stdin when it is no terminal)")
     sh.add_argument("name", help="VM name, or a daemon lease id")
     sh.set_defaults(func=cmd_ssh, command=[])
+    cf = sub.add_parser("config", help="write the example config, or check a config").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    ce = cf.add_parser("example", help="write a commented example config (an existing file is left untouched)")
+    ce.add_argument("-o", "--output", default="vmfixtures.yaml", help="where (default: ./vmfixtures.yaml)")
+    ce.add_argument("--force", action="store_true", help="replace an existing file (atomically)")
+    ce.set_defaults(func=cmd_config_example)
+    cc = cf.add_parser("check", help="validate a config: one error naming file, line and field, or ok")
+    cc.add_argument("-c", "--config", default="vmfixtures.yaml")
+    cc.set_defaults(func=cmd_config_check)
+    sub.add_parser("version", help="the installed vmfixtures, Python and QEMU versions").set_defaults(func=cmd_version)
     c = sub.add_parser("console", help="print a VM's serial console log")
     c.add_argument("name", help="VM name, or a daemon lease id")
     c.set_defaults(func=cmd_console)
