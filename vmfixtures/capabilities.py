@@ -40,7 +40,15 @@ def probe_claude() -> Capability:
     return Capability(True)
 
 
-PROBES = {"qemu": probe_qemu, "multipass": probe_multipass, "libvirt": probe_libvirt, "claude": probe_claude}
+def probe_systemd() -> Capability:
+    from .daemon.systemd import booted
+
+    if shutil.which("systemctl") is None or not booted():
+        return Capability(False, "systemd is not the init system on this host (/run/systemd/system is missing)")
+    return Capability(True)
+
+
+PROBES = {"systemd": probe_systemd, "qemu": probe_qemu, "multipass": probe_multipass, "libvirt": probe_libvirt, "claude": probe_claude}
 
 
 def probe(name: str, accel_name: str | None = None) -> Capability:

@@ -680,6 +680,27 @@ def cmd_daemon_start(args) -> int:
     return 0
 
 
+def cmd_daemon_install(args) -> int:
+    from .daemon import systemd
+
+    passed = ["--idle", str(args.idle), "--max-idle", str(args.max_idle),
+              "--observe-interval", str(args.observe_interval)]
+    files = systemd.install(passed, start=not args.no_start)
+    for f in files:
+        print(f"wrote {f}")
+    print(f"{systemd.UNIT} {'written; not started (--no-start)' if args.no_start else 'enabled and started'}")
+    return 0
+
+
+def cmd_daemon_uninstall(args) -> int:
+    from .daemon import systemd
+
+    for f in systemd.uninstall(stop=not args.no_stop):
+        print(f"removed {f}")
+    print(f"{systemd.UNIT} {'removed' if args.no_stop else 'stopped, disabled and removed'}")
+    return 0
+
+
 def cmd_daemon_stop(args) -> int:
     from .drivers.qemu import wait_exit
 
@@ -952,6 +973,15 @@ def build_parser() -> argparse.ArgumentParser:
             d.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
         d.set_defaults(func=func)
     dm.add_parser("stop", help="drain the idle pool and stop").set_defaults(func=cmd_daemon_stop)
+    di = dm.add_parser("install", help="run the daemon as a systemd service (system unit as root, else user unit)")
+    di.add_argument("--idle", type=int, default=1)
+    di.add_argument("--max-idle", type=int, default=2)
+    di.add_argument("--observe-interval", type=float, default=5.0)
+    di.add_argument("--no-start", action="store_true", help="write the unit and its env file only")
+    di.set_defaults(func=cmd_daemon_install)
+    du = dm.add_parser("uninstall", help="stop and disable the systemd service, remove its files")
+    du.add_argument("--no-stop", action="store_true", help="remove the files only (systemd not asked)")
+    du.set_defaults(func=cmd_daemon_uninstall)
     st = dm.add_parser("status", help="is a daemon running, and what it holds")
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_daemon_status)

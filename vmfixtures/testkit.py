@@ -99,10 +99,12 @@ class Project:
             env["VMFIXTURES_LEASE"] = self.lease
         return env
 
-    def operator(self, *argv: str, timeout: float = 600, input: str | None = None) -> CommandResult:
-        """Run `vmfixtures ARGV...` in the project folder against the run's storage (``input`` on stdin)."""
+    def operator(self, *argv: str, timeout: float = 600, input: str | None = None,
+                 env: dict | None = None) -> CommandResult:
+        """Run `vmfixtures ARGV...` in the project folder against the run's storage
+        (``input`` on stdin, ``env`` on top of the run's environment)."""
         proc = subprocess.run([sys.executable, "-m", "vmfixtures", "--quiet", *argv], cwd=self.folder,
-                              env=self._env(), capture_output=True, text=True, timeout=timeout,
+                              env={**self._env(), **(env or {})}, capture_output=True, text=True, timeout=timeout,
                               input=input, stdin=None if input is not None else subprocess.DEVNULL)
         return CommandResult(list(argv), proc.returncode, proc.stdout, proc.stderr)
 
