@@ -17,6 +17,7 @@ from . import errors, images, paths
 from .client import Client, Heartbeat, start_daemon
 from .drivers import get_driver
 from .drivers.qemu import QemuDriver
+from .files import write_atomically
 from .spec import load_config
 from .vmlist import describe_vms
 
@@ -372,12 +373,7 @@ def cmd_config_example(args) -> int:
         return 0
     if not target.parent.is_dir():
         raise errors.ConfigError(f"{target.parent}: no such folder")
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, target)  # a crash leaves the old file or the new one, never half of either
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomically(target, text)
     print(f"wrote the example config to {target}")
     return 0
 

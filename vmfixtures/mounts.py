@@ -31,6 +31,7 @@ from pathlib import Path
 import psutil
 
 from .errors import ConfigError, GuestError, MissingDependency, Timeout, VmfError
+from .files import write_atomically
 
 SFTP_SERVER = "/usr/lib/openssh/sftp-server"
 
@@ -162,10 +163,7 @@ class Mounts:
         return rec
 
     def _save(self, rec: MountRecord) -> None:
-        path = self.folder / f"{_key(rec.target)}.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(rec)))
-        os.replace(tmp, path)
+        write_atomically(self.folder / f"{_key(rec.target)}.json", json.dumps(asdict(rec)))
 
     def _sftp_command(self, source: Path) -> list[str]:
         # Only the mounted folder is visible (and writable); system files are read-only; no network.

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .files import write_atomically
 from .sizes import format_size, parse_size
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
@@ -395,10 +396,5 @@ def save_config(config: Config, data: dict) -> Config:
     Comments in the file are not preserved.
     """
     checked = check_config(config, data)
-    tmp = config.path.with_name(f".{config.path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(yaml.safe_dump(data, sort_keys=False))
-        os.replace(tmp, config.path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomically(config.path, yaml.safe_dump(data, sort_keys=False))
     return checked

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from ..drivers.qemu import qmp_events
 from ..errors import ConfigError, GuestError, MissingDependency, NotFound, Timeout, VmfError
+from ..files import write_atomically
 from .folders import ensure_writable
 
 BITMAP = "vmfx-backup"
@@ -86,9 +87,7 @@ def _meta(chain: Path) -> dict:
 
 
 def _save_meta(chain: Path, meta: dict) -> None:
-    tmp = chain / "chain.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(tmp, chain / "chain.json")
+    write_atomically(chain / "chain.json", json.dumps(meta, indent=2) + "\n")
 
 
 def _has_bitmap(qmp) -> bool:

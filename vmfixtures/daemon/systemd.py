@@ -29,6 +29,7 @@ from pathlib import Path
 
 from .. import paths
 from ..errors import GuestError, MissingDependency
+from ..files import write_atomically
 
 UNIT = "vmfixtures.service"
 
@@ -78,13 +79,7 @@ WantedBy={'multi-user.target' if os.getuid() == 0 else 'default.target'}
 
 def _write(path: Path, text: str, mode: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        tmp.chmod(mode)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomically(path, text, mode)
 
 
 def _systemctl(*argv: str) -> str:

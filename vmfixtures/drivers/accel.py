@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .. import paths
 from ..errors import MissingDependency
+from ..files import write_atomically
 
 PROBE_LINE = b"vmfixtures: probe ok"
 KVM_DEADLINE = 15.0
@@ -80,9 +81,7 @@ def choose(kernel: Path, initrd: Path, refresh: bool = False) -> Accel:
             pass  # a corrupt cache is re-probed
     accel = _probe(kernel, initrd, forced)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"key": key, "accel": asdict(accel)}))
-    os.replace(tmp, cache)
+    write_atomically(cache, json.dumps({"key": key, "accel": asdict(accel)}))
     return accel
 
 

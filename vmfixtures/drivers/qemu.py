@@ -29,8 +29,8 @@ import socket
 import subprocess
 import threading
 import time
-from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +40,7 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from .. import keys, paths
 from ..errors import GuestError, Mismatch, MissingDependency, NotFound, Timeout, VmfError
+from ..files import write_atomically
 from ..images import Image, Recipe, build, find
 from ..machine import Machine
 from ..mounts import kill_helpers
@@ -823,6 +824,4 @@ def _forwarded_port(usernet: str) -> int:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_atomically(path, json.dumps(data, indent=2) + "\n")
