@@ -31,7 +31,7 @@ from bench.boot import pct, row  # noqa: E402
 from vmfixtures.drivers.qemu import QemuDriver  # noqa: E402
 from vmfixtures.forwarding import Forwarder  # noqa: E402
 from vmfixtures.spec import Endpoint, ForwardSpec, VMSpec  # noqa: E402
-from vmfixtures.testkit import HostServer, serve_in_guest  # noqa: E402
+from vmfixtures.testkit import HostServer, serve_in_guest, wait_for  # noqa: E402
 
 PORT = 18090
 
@@ -48,14 +48,6 @@ def answers(port: int) -> bool:
         return True
     except OSError:
         return False
-
-
-def until(condition, what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"bench: {what} did not happen within {timeout:.0f}s")
-        time.sleep(0.005)
 
 
 def main() -> int:
@@ -75,7 +67,7 @@ def main() -> int:
             fwd = Forwarder(driver, [spec], say=lambda line: None)
             t = time.perf_counter()
             fwd.start()
-            until(lambda: answers(PORT), "the tunnel answering")
+            wait_for(lambda: answers(PORT), 30, "the tunnel answering", every=0.005)
             up.append(time.perf_counter() - t)
             fwd.stop()
         fwd = Forwarder(driver, [spec], say=lambda line: None)
@@ -86,7 +78,8 @@ def main() -> int:
             pid = fwd.tunnels[0].pid
             t = time.perf_counter()
             os.kill(pid, signal.SIGKILL)
-            until(lambda: fwd.tunnels[0].pid not in (pid, None) and answers(PORT), "the restored tunnel answering")
+            wait_for(lambda: fwd.tunnels[0].pid not in (pid, None) and answers(PORT), 30,
+                     "the restored tunnel answering", every=0.005)
             restore.append(time.perf_counter() - t)
         through = [get(PORT) for _ in range(args.requests)]
         floor = [get(PORT + 1) for _ in range(args.requests)]

@@ -10,9 +10,13 @@ from vmfixtures.drivers.qemu import process_alive
 from vmfixtures.testkit import HostServer, http_get, serve_in_guest
 
 
+def _ssh_pid(line):
+    """The pid in a forwarder line such as 'up: local ... (ssh pid 123)' or '(ssh pid 123, restart 1)'."""
+    return int(line.rsplit("ssh pid ", 1)[1].split(")")[0].split(",")[0])
+
+
 def _tunnel_pids(context):
-    return [int(line.rsplit("ssh pid ", 1)[1].split(")")[0].split(",")[0])
-            for line in context.forwarder.lines if line.startswith(("up:", "restored:"))]
+    return [_ssh_pid(line) for line in context.forwarder.lines if line.startswith(("up:", "restored:"))]
 
 
 @given('the VM "{name}" serves "{text}" on its port {port:d}')
@@ -62,7 +66,7 @@ def step_stop_forwarding(context):
 @when("the ssh process of the tunnel on host port {port:d} is killed")
 def step_kill_tunnel(context, port):
     line = next(l for l in context.forwarder.lines if l.startswith("up:") and f":{port} " in l)
-    os.kill(int(line.rsplit("ssh pid ", 1)[1].rstrip(")")), signal.SIGKILL)
+    os.kill(_ssh_pid(line), signal.SIGKILL)
 
 
 @then("the forwarder reports the tunnel restored")

@@ -34,6 +34,7 @@ from .errors import ConfigError, GuestError, MissingDependency, Timeout, VmfErro
 from .files import write_atomically
 
 SFTP_SERVER = "/usr/lib/openssh/sftp-server"
+SSHFS = "fuse.sshfs"  # the file system type our mounts show in the guest's /proc/mounts
 
 
 @dataclass
@@ -187,7 +188,7 @@ class Mounts:
         # FUSE offers the host no event for "mounted"; /proc/mounts via the agent is a ~3 ms read.
         deadline = time.monotonic() + self.driver.accel().scale(30)
         delay = 0.02
-        while self.guest_mounts().get(target) != "fuse.sshfs":
+        while self.guest_mounts().get(target) != SSHFS:
             if ssh.poll() is not None:
                 log = (self.folder / f"{_key(target)}.log").read_text(errors="replace").strip()
                 raise GuestError(f"mounting {target} in VM '{self.name}' failed: sshfs exited {ssh.returncode}: "
@@ -205,7 +206,7 @@ class Mounts:
         m = self.driver.machine(self.name)
         rec.state = "unmounting"
         self._save(rec)
-        if self.guest_mounts().get(target) == "fuse.sshfs":
+        if self.guest_mounts().get(target) == SSHFS:
             r = m.execute(["fusermount3", "-u", target])
             if not r.ok:
                 rec.state = "mounted"

@@ -34,7 +34,7 @@ import psutil
 from .daemon.ledger import Ledger
 from .drivers.qemu import QemuDriver, orphan_qemus, orphan_run_dirs
 from .errors import VmfError
-from .mounts import Mounts, kill_helpers
+from .mounts import SSHFS, Mounts, kill_helpers
 
 RUNNING_STATES = ("leased", "pooled")
 CONFIRM_DELAYS = (0.3, 0.7)  # re-checks; drift must survive both (about a second in all)
@@ -89,7 +89,7 @@ class Observer:
         owned_pids = set()
         for row in live_rows:
             driver = QemuDriver(storage=Path(row["storage"]), quiet=True)
-            label = f"VM {row['name']} in {row['storage']}"
+            label = _label(row)
             proc = driver.process(row["name"])
             if proc:
                 owned_pids.add(proc.pid)
@@ -144,7 +144,7 @@ class Observer:
         return [Finding("mount-missing", f"{row['name']}:{r.target}", f"recorded mount of {r.source} is "
                         f"{'a ' + in_guest[r.target] if r.target in in_guest else 'not'} mounted in the guest",
                         "`vmfixtures umount` then `vmfixtures mount` it again (or --fix drops the record)")
-                for r in records if in_guest.get(r.target) != "fuse.sshfs"]
+                for r in records if in_guest.get(r.target) != SSHFS]
 
     def _orphan_files(self, storages: set[str], live_rows: list[dict]) -> list[Finding]:
         owned_dirs = {str(Path(r["storage"]) / r["name"]) for r in live_rows}
@@ -206,7 +206,7 @@ class Observer:
                 done.append(f"marked {f.object} removed in the ledger")
             elif f.type == "vm-not-running":
                 for row in self.ledger.live_vms():
-                    if f.object == f"VM {row['name']} in {row['storage']}":
+                    if f.object == _label(row):
                         self.ledger.update_vm(row["id"], state="stopped")
                         self.ledger.end_processes(row["id"])
                         done.append(f"marked {row['name']} stopped")
@@ -215,11 +215,9 @@ class Observer:
                 done.append(f"marked {f.object} down")
             elif f.type == "lease-expired-alive":
                 for row in self.ledger.live_vms():
-                    if f.object == f"VM {row['name']} in {row['storage']}":
+                    if f.object == _label(row):
                         QemuDriver(storage=Path(row["storage"]), quiet=True).destroy(row["name"])
-                        self.ledger.update_vm(row["id"], state="destroyed")
-                        self.ledger.end_processes(row["id"])
-                        self.ledger.remove_disks(row["id"])
+                        self.ledger.vm_destroyed(row["id"])
                         done.append(f"destroyed {row['name']} (its lease had ended)")
             elif f.type == "mount-missing":
                 vm, target = f.object.split(":", 1)
@@ -231,6 +229,11 @@ class Observer:
                                 rec_file.unlink()
                                 done.append(f"dropped the stale mount record {vm}:{target}")
         return done
+
+
+def _label(row: dict) -> str:
+    """How a finding names a VM row (and how --fix finds the row again)."""
+    return f"VM {row['name']} in {row['storage']}"
 
 
 def _tunnel_alive(tunnel: dict) -> bool:

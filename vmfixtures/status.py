@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .agents import backup_dest, command_name
 from .backups.folders import snapshots
-from .mounts import Mounts
+from .mounts import SSHFS, Mounts
 from .sizes import format_size
 from .spec import Config
 from .vmlist import describe_vms
@@ -24,7 +24,7 @@ def project_status(driver, config: Config) -> list[dict]:
         for m in (m for m in config.mounts if m.vm == name):
             taken = snapshots(backup_dest(config, m))
             row["mounts"].append({"source": m.given, "target": m.target,
-                                  "mounted": in_guest.get(m.target) == "fuse.sshfs",
+                                  "mounted": in_guest.get(m.target) == SSHFS,
                                   "last_backup": taken[-1].name if taken else None})
         row["agents"] = []
         for agent in config.agents.values():

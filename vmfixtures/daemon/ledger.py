@@ -165,6 +165,14 @@ class Ledger:
         self._exec("INSERT OR REPLACE INTO processes(pid, create_time, vm_id, role, started_at) VALUES (?,?,?,?,?)",
                    (pid, create_time, vm_id, role, time.time()))
 
+    def vm_destroyed(self, vm_id: int) -> None:
+        """The VM is gone: so are its processes, disks and tunnels."""
+        with self._lock:
+            self.update_vm(vm_id, state="destroyed")
+            self.end_processes(vm_id)
+            self.remove_disks(vm_id)
+            self.end_tunnels(vm_id)
+
     def end_processes(self, vm_id: int) -> None:
         self._exec("UPDATE processes SET ended_at=? WHERE vm_id=? AND ended_at IS NULL", (time.time(), vm_id))
 

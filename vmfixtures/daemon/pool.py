@@ -117,9 +117,7 @@ class Pool:
             driver.wait_restored(spec.name, boot)
             driver.release(spec.name)  # the requester connects to the guest agent next
         except BaseException:
-            self.ledger.update_vm(vm_id, state="destroyed")
-            self.ledger.end_processes(vm_id)
-            self.ledger.remove_disks(vm_id)
+            self.ledger.vm_destroyed(vm_id)
             raise
         self.ledger.update_vm(vm_id, state=state)
         return Placed(driver.storage, spec.name, vm_id, "boot" if made else "restore")
@@ -198,9 +196,7 @@ class Pool:
             self.ledger.update_vm(row["id"], state="destroying")
             if self.driver.state(row["name"]).value != "missing":
                 self.driver.destroy(row["name"])
-            self.ledger.update_vm(row["id"], state="destroyed")
-            self.ledger.end_processes(row["id"])
-            self.ledger.remove_disks(row["id"])
+            self.ledger.vm_destroyed(row["id"])
             gone.append(row["name"])
         return gone
 

@@ -227,10 +227,7 @@ class FixtureService:
                 proof = driver.destroy(row["name"])
             except NotFound:
                 pass  # its run's reaper got there first
-            self.ledger.update_vm(row["id"], state="destroyed")
-            self.ledger.end_processes(row["id"])
-            self.ledger.remove_disks(row["id"])
-            self.ledger.end_tunnels(row["id"])  # their ssh lose the guest and their forwarder gives up
+            self.ledger.vm_destroyed(row["id"])  # its tunnels' ssh lose the guest; their forwarder gives up
         if proof is None:
             return {"pid": None, "process_gone": True, "removed": 0}
         return {"pid": proof.pid, "process_gone": proof.process_gone, "removed": len(proof.removed),

@@ -82,8 +82,12 @@ def _write(path: Path, text: str, mode: int) -> None:
     write_atomically(path, text, mode)
 
 
+def _systemctl_cmd(*argv: str) -> list[str]:
+    return ["systemctl", *([] if os.getuid() == 0 else ["--user"]), *argv]
+
+
 def _systemctl(*argv: str) -> str:
-    cmd = ["systemctl", *([] if os.getuid() == 0 else ["--user"]), *argv]
+    cmd = _systemctl_cmd(*argv)
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         raise GuestError(f"`{' '.join(cmd)}` failed ({r.returncode}): {(r.stderr or r.stdout).strip()}")
@@ -127,5 +131,4 @@ def uninstall(stop: bool = True) -> list[Path]:
 def status() -> str:
     """systemd's own view: `systemctl is-active` (active, inactive, failed, ...)."""
     _require_systemd()
-    cmd = ["systemctl", *([] if os.getuid() == 0 else ["--user"]), "is-active", UNIT]
-    return subprocess.run(cmd, capture_output=True, text=True).stdout.strip()
+    return subprocess.run(_systemctl_cmd("is-active", UNIT), capture_output=True, text=True).stdout.strip()
