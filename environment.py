@@ -25,7 +25,7 @@ from pathlib import Path
 
 from vmfixtures import capabilities
 from vmfixtures.client import Heartbeat, ensure_daemon
-from vmfixtures.drivers.qemu import process_alive, wait_exit
+from vmfixtures.procs import process_alive, wait_exit
 from vmfixtures.scope import RunScope
 from vmfixtures.testkit import Fixtures, Project
 

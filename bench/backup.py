@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.boot import pct  # noqa: E402
 from vmfixtures.backups import disks  # noqa: E402
-from vmfixtures.drivers.qemu import QemuDriver  # noqa: E402
+from vmfixtures.backends.qemu import QemuBackend  # noqa: E402
 from vmfixtures.spec import VMSpec  # noqa: E402
 
 
@@ -33,7 +33,7 @@ def main() -> int:
     ap.add_argument("--change-mb", type=int, default=16)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="vmfx-backup-"))
-    driver = QemuDriver(storage=tmp / "vms", quiet=True)
+    driver = QemuBackend(storage=tmp / "vms", quiet=True)
     full_t, full_b, inc_t, inc_b = [], [], [], []
     try:
         driver.create(VMSpec("bench"), owner_pid=os.getpid())

@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vmfixtures.drivers import accel as accel_mod  # noqa: E402
-from vmfixtures.drivers.qemu import QemuDriver  # noqa: E402
+from vmfixtures.backends import accel as accel_mod  # noqa: E402
+from vmfixtures.backends.qemu import QemuBackend  # noqa: E402
 from vmfixtures.spec import VMSpec  # noqa: E402
 
 TARGET_BOOT_S = 8.0
@@ -54,7 +54,7 @@ def main() -> int:
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="vmfx-bench-") as tmp:
-        driver = QemuDriver(storage=Path(tmp) / "vms", quiet=True)
+        driver = QemuBackend(storage=Path(tmp) / "vms", quiet=True)
         img = driver.image()
         acc = driver.accel()
         print(f"accelerator: {acc.name} ({acc.reason})")

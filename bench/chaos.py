@@ -24,7 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vmfixtures.client import Client, start_daemon  # noqa: E402
-from vmfixtures.drivers.qemu import our_qemu_processes, run_dirs_of, wait_exit  # noqa: E402
+from vmfixtures.backends.qemu import our_qemu_processes, run_dirs_of  # noqa: E402
+from vmfixtures.procs import wait_exit  # noqa: E402
 from vmfixtures.scope import RunScope  # noqa: E402
 from vmfixtures.testkit import Project, spawn_runner  # noqa: E402
 

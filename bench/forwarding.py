@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.boot import pct, row  # noqa: E402
-from vmfixtures.drivers.qemu import QemuDriver  # noqa: E402
+from vmfixtures.backends.qemu import QemuBackend  # noqa: E402
 from vmfixtures.forwarding import Forwarder  # noqa: E402
 from vmfixtures.spec import Endpoint, ForwardSpec, VMSpec  # noqa: E402
 from vmfixtures.testkit import HostServer, serve_in_guest, wait_for  # noqa: E402
@@ -56,7 +56,7 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=50)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="vmfx-fwd-"))
-    driver = QemuDriver(storage=tmp / "vms", quiet=True)
+    driver = QemuBackend(storage=tmp / "vms", quiet=True)
     spec = ForwardSpec("bench", "local", Endpoint("127.0.0.1", PORT), Endpoint("127.0.0.1", 8000))
     up, restore, through, floor = [], [], [], []
     host = HostServer(PORT + 1, "hello")

@@ -24,7 +24,8 @@ import psutil  # noqa: E402
 
 from bench.boot import pct, row  # noqa: E402
 from vmfixtures.client import Client, start_daemon  # noqa: E402
-from vmfixtures.drivers.qemu import QemuDriver, wait_exit  # noqa: E402
+from vmfixtures.backends.qemu import QemuBackend  # noqa: E402
+from vmfixtures.procs import wait_exit  # noqa: E402
 from vmfixtures.spec import VMSpec  # noqa: E402
 
 TARGET_POOLED_MS = 100.0
@@ -55,7 +56,7 @@ def main() -> int:
         lease = client.open_lease(scope="run", ttl=None)
         client.create(storage, spec.to_dict(), lease["id"])  # first use: template boot + snapshot
         client.vm("destroy", storage, name="bench")
-        driver = QemuDriver(storage=storage, quiet=True)
+        driver = QemuBackend(storage=storage, quiet=True)
         print(f"accelerator: {driver.accel().name} ({driver.accel().reason})")
         for _ in range(args.runs):
             wait_idle(client, 1)

@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.boot import pct  # noqa: E402
-from vmfixtures.drivers.qemu import QemuDriver  # noqa: E402
+from vmfixtures.backends.qemu import QemuBackend  # noqa: E402
 from vmfixtures.mounts import Mounts  # noqa: E402
 from vmfixtures.spec import VMSpec  # noqa: E402
 
@@ -37,7 +37,7 @@ def main() -> int:
     share.mkdir()
     blob = tmp / "blob.bin"
     blob.write_bytes(os.urandom(args.mb * 1024 * 1024))
-    driver = QemuDriver(storage=tmp / "vms", quiet=True)
+    driver = QemuBackend(storage=tmp / "vms", quiet=True)
     results: dict[str, list[float]] = {k: [] for k in ("mount write", "mount read", "sftp to guest", "sftp to host")}
     try:
         driver.create(VMSpec("bench", memory=1024 * 1024**2, disk=4 * 1024**3), owner_pid=os.getpid())

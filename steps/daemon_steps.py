@@ -9,8 +9,8 @@ from pathlib import Path
 from behave import given, then, when
 
 from vmfixtures.client import ensure_daemon
-from vmfixtures.drivers import VMState
-from vmfixtures.drivers.qemu import process_alive, wait_exit
+from vmfixtures.backends import VMState
+from vmfixtures.procs import process_alive, wait_exit
 from vmfixtures.spec import load_config
 from vmfixtures.testkit import spawn_runner
 

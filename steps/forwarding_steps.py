@@ -6,7 +6,7 @@ import signal
 import psutil
 from behave import given, then, when
 
-from vmfixtures.drivers.qemu import process_alive
+from vmfixtures.procs import process_alive
 from vmfixtures.testkit import HostServer, http_get, serve_in_guest
 
 

@@ -2,8 +2,9 @@
 
 from behave import given, then, when
 
-from vmfixtures.drivers import VMState
-from vmfixtures.drivers.qemu import our_qemu_processes, process_alive, run_dirs_of
+from vmfixtures.backends import VMState
+from vmfixtures.backends.qemu import our_qemu_processes, run_dirs_of
+from vmfixtures.procs import process_alive
 from vmfixtures.spec import load_config
 
 ACTIONS = {"creates": "create", "starts": "start", "stops": "stop", "restarts": "restart", "destroys": "destroy"}

@@ -8,7 +8,7 @@ import time
 
 from behave import given, then, when
 
-from vmfixtures.drivers.qemu import wait_exit
+from vmfixtures.procs import wait_exit
 
 OBSERVE_INTERVAL = 5.0  # the daemon's default
 

@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from vmfixtures.drivers.qemu import QemuDriver
+from vmfixtures.backends.qemu import QemuBackend
 
 
 def pytest_configure(config):
@@ -23,7 +23,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def driver(tmp_path):
     """A QEMU driver on a private storage folder; every VM is destroyed afterwards."""
-    d = QemuDriver(storage=tmp_path / "vms", quiet=True)
+    d = QemuBackend(storage=tmp_path / "vms", quiet=True)
     yield d
     for name in d.names():
         d.destroy(name)
@@ -33,7 +33,8 @@ def driver(tmp_path):
 def private_daemon(tmp_path, monkeypatch):
     """Environment for a daemon of the test's own (socket, ledger, pool); stopped and checked afterwards."""
     from vmfixtures.client import Client
-    from vmfixtures.drivers.qemu import our_qemu_processes, wait_exit
+    from vmfixtures.backends.qemu import our_qemu_processes
+    from vmfixtures.procs import wait_exit
 
     monkeypatch.setenv("VMFIXTURES_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("VMFIXTURES_DAEMON_SOCKET", str(tmp_path / "d.sock"))

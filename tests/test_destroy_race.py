@@ -4,7 +4,7 @@ next run reaps the dead run) must both finish cleanly: the second one finds less
 import json
 import threading
 
-from vmfixtures.drivers.qemu import QemuDriver, make_run_dir, run_dirs_of
+from vmfixtures.backends.qemu import QemuBackend, make_run_dir, run_dirs_of
 from vmfixtures.errors import NotFound
 from vmfixtures.scope import RunScope
 
@@ -30,7 +30,7 @@ def test_racing_destroyers_both_succeed_and_leave_nothing(tmp_path):
                 if kind == "scope":
                     RunScope._destroy_all(storage)
                 else:
-                    driver = QemuDriver(storage=storage, quiet=True)
+                    driver = QemuBackend(storage=storage, quiet=True)
                     for name in driver.names():
                         try:
                             driver.destroy(name)

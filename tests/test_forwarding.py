@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from vmfixtures.drivers.qemu import process_alive, wait_exit
+from vmfixtures.procs import process_alive, wait_exit
 from vmfixtures.forwarding import Forwarder, TunnelError
 from vmfixtures.spec import Endpoint, ForwardSpec, VMSpec
 from vmfixtures.testkit import serve_in_guest

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from vmfixtures.drivers.qemu import process_alive, wait_exit
+from vmfixtures.procs import process_alive, wait_exit
 from vmfixtures.scope import RunScope
 
 FIXTURE = Path(__file__).parent / "fixtures" / "interrupt"

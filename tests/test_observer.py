@@ -6,7 +6,7 @@ import psutil
 import pytest
 
 from vmfixtures.daemon.ledger import Ledger
-from vmfixtures.drivers.qemu import process_alive
+from vmfixtures.procs import process_alive
 from vmfixtures.observer import Observer
 from vmfixtures.spec import VMSpec
 

@@ -5,9 +5,9 @@ import subprocess
 
 import pytest
 
-from vmfixtures.drivers import VMState
-from vmfixtures.drivers import accel as accel_mod
-from vmfixtures.drivers import qemu
+from vmfixtures.backends import VMState
+from vmfixtures.backends import accel as accel_mod
+from vmfixtures.backends import qemu
 from vmfixtures.errors import GuestError, Mismatch, MissingDependency, NotFound, Timeout
 from vmfixtures.spec import VMSpec
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from . import errors, images, paths
 from .client import Client, Heartbeat, start_daemon
-from .drivers import get_driver
-from .drivers.qemu import QemuDriver
+from .backends import get_driver
+from .backends.qemu import QemuBackend
 from .files import write_atomically
 from .spec import load_config
 from .vmlist import describe_vms
@@ -31,7 +31,7 @@ EXIT_CODES = """exit codes:
 """
 
 
-def _driver(args) -> QemuDriver:
+def _driver(args) -> QemuBackend:
     return get_driver("qemu", storage=args.storage, quiet=args.quiet)
 
 
@@ -294,7 +294,7 @@ def cmd_vm_exec(args) -> int:
     return result.exit_code
 
 
-def _target(args) -> tuple[QemuDriver, str]:
+def _target(args) -> tuple[QemuBackend, str]:
     """A VM name in the storage, or a daemon lease id (its first VM)."""
     client = _remote()
     if client and not (_storage(args) / args.name / "vm.json").exists():
@@ -390,7 +390,7 @@ def cmd_version(args) -> int:
     import subprocess
     from importlib import metadata
 
-    from .drivers.qemu import QEMU
+    from .backends.qemu import QEMU
 
     qemu = subprocess.run([QEMU, "--version"], capture_output=True, text=True) if shutil.which(QEMU) else None
     print(f"vmfixtures {metadata.version('vmfixtures')} (python {sys.version.split()[0]}; "
@@ -698,7 +698,7 @@ def cmd_daemon_uninstall(args) -> int:
 
 
 def cmd_daemon_stop(args) -> int:
-    from .drivers.qemu import wait_exit
+    from .procs import wait_exit
 
     client = Client()
     health = client.alive()

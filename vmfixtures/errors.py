@@ -47,3 +47,9 @@ class GuestError(VmfError):
     """The guest or QEMU refused or failed a request."""
 
     exit_code = 8
+
+
+class Unsupported(VmfError):
+    """The VM's backend (or the product) cannot do what was asked; nothing was changed."""
+
+    exit_code = 10

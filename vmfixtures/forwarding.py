@@ -27,7 +27,8 @@ from typing import Callable
 import psutil
 
 from . import keys
-from .drivers.qemu import QemuDriver, _die_with_parent, process_alive, stop_child
+from .backends.qemu import QemuBackend
+from .procs import die_with_parent, process_alive, stop_child
 from .errors import GuestError, Timeout, VmfError
 from .spec import ForwardSpec
 
@@ -58,7 +59,7 @@ class Tunnel:
         return self.proc.pid if self.proc else None
 
 
-def ssh_argv(driver: QemuDriver, spec: ForwardSpec) -> list[str]:
+def ssh_argv(driver: QemuBackend, spec: ForwardSpec) -> list[str]:
     """The OpenSSH command line that carries ``spec`` (no user config, no shared connection)."""
     m = driver.machine(spec.vm)
     flag = {"local": ["-L", f"{spec.host}:{spec.guest}"],
@@ -98,7 +99,7 @@ class Forwarder:
     ``say`` receives one line per event (up, died, restored, given up, stopped);
     ``on_up``/``on_down`` let a caller record tunnels (the daemon's ledger)."""
 
-    def __init__(self, driver: QemuDriver, specs: list[ForwardSpec], say: Callable[[str], None] = print,
+    def __init__(self, driver: QemuBackend, specs: list[ForwardSpec], say: Callable[[str], None] = print,
                  on_up: Callable[[Tunnel], None] | None = None, on_down: Callable[[Tunnel], None] | None = None):
         self.driver = driver
         self.tunnels = [Tunnel(s) for s in specs]
@@ -130,7 +131,7 @@ class Forwarder:
         # Launched from the thread that runs the forwarder for its whole life: PDEATHSIG
         # fires when the forking thread ends, and that must be when the forwarder ends.
         t.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                  text=True, start_new_session=True, preexec_fn=_die_with_parent)
+                                  text=True, start_new_session=True, preexec_fn=die_with_parent)
         t.started_at = time.monotonic()
         t.pidfd = os.pidfd_open(t.proc.pid)
         try:

@@ -22,12 +22,12 @@ class Machine:
     """One running VM's guest channels."""
 
     def __init__(self, name: str, run_dir: Path, console_log: Path, ssh_port: int | None,
-                 host_key: str, key_path: Path, accel: str):
+                 host_key: str, key_path: Path, accel: str, agent: GuestAgent | None = None):
         self.name = name
         self.accel = accel
         self.ssh_port = ssh_port
         self.console = Console(console_log, run_dir / "console.sock")
-        self.agent = GuestAgent(run_dir / "qga.sock")
+        self.agent = agent or GuestAgent(run_dir / "qga.sock")
         self._ssh_args = (ssh_port, key_path, host_key)
         self._ssh: SSH | None = None
 

@@ -32,6 +32,7 @@ import psutil
 
 from .errors import ConfigError, GuestError, MissingDependency, Timeout, VmfError
 from .files import write_atomically
+from .procs import live_process, wait_exit
 
 SFTP_SERVER = "/usr/lib/openssh/sftp-server"
 SSHFS = "fuse.sshfs"  # the file system type our mounts show in the guest's /proc/mounts
@@ -55,19 +56,9 @@ def _key(target: str) -> str:
     return hashlib.sha256(target.encode()).hexdigest()[:12]
 
 
-def _alive(pid: int, start: float) -> psutil.Process | None:
-    try:
-        proc = psutil.Process(pid)
-        if abs(proc.create_time() - start) < 0.01 and proc.status() != psutil.STATUS_ZOMBIE:
-            return proc
-    except psutil.Error:
-        pass
-    return None
-
-
 def _kill_group(pid: int, start: float) -> bool:
     """SIGKILL the helper's process group (bwrap runs the SFTP server as its child)."""
-    if _alive(pid, start) is None:
+    if live_process(pid, start) is None:
         return False
     try:
         os.killpg(pid, signal.SIGKILL)  # helpers are session leaders: pgid == pid
@@ -78,8 +69,6 @@ def _kill_group(pid: int, start: float) -> bool:
 
 def kill_helpers(vm_dir: Path) -> list[int]:
     """Kill every mount helper recorded for the VM (it is being stopped or destroyed)."""
-    from .drivers.qemu import wait_exit
-
     killed = []
     for rec_file in (vm_dir / "mounts").glob("*.json"):
         rec = MountRecord(**json.loads(rec_file.read_text()))
@@ -216,10 +205,8 @@ class Mounts:
         return rec
 
     def _stop_helpers(self, rec: MountRecord) -> None:
-        from .drivers.qemu import wait_exit
-
         for pid, start in ((rec.ssh_pid, rec.ssh_start), (rec.sftp_pid, rec.sftp_start)):
-            if _alive(pid, start) and not wait_exit(pid, 5.0):  # both end on their own once sshfs exits
+            if live_process(pid, start) and not wait_exit(pid, 5.0):  # both end on their own once sshfs exits
                 _kill_group(pid, start)
                 wait_exit(pid, 5.0)
         for suffix in (".json", ".log"):

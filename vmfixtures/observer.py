@@ -32,7 +32,8 @@ from pathlib import Path
 import psutil
 
 from .daemon.ledger import Ledger
-from .drivers.qemu import QemuDriver, orphan_qemus, orphan_run_dirs
+from .procs import ProcessId
+from .backends.qemu import QemuBackend, orphan_qemus, orphan_run_dirs
 from .errors import VmfError
 from .mounts import SSHFS, Mounts, kill_helpers
 
@@ -88,7 +89,7 @@ class Observer:
         live_rows = self.ledger.live_vms()
         owned_pids = set()
         for row in live_rows:
-            driver = QemuDriver(storage=Path(row["storage"]), quiet=True)
+            driver = QemuBackend(storage=Path(row["storage"]), quiet=True)
             label = _label(row)
             proc = driver.process(row["name"])
             if proc:
@@ -132,7 +133,7 @@ class Observer:
                                         "start `vmfixtures portforward` again (--fix marks the tunnel down)"))
         return findings
 
-    def _check_mounts(self, driver: QemuDriver, row: dict) -> list[Finding]:
+    def _check_mounts(self, driver: QemuBackend, row: dict) -> list[Finding]:
         mounts = Mounts(driver, row["name"])
         records = [r for r in mounts.records() if r.state == "mounted"]  # others are in transition
         if not records:
@@ -191,7 +192,7 @@ class Observer:
                 path = Path(f.object)
                 if path.is_dir():
                     kill_helpers(path)
-                    from .drivers.qemu import clear_run_dir
+                    from .backends.qemu import clear_run_dir
 
                     clear_run_dir(path)
                     shutil.rmtree(path, ignore_errors=True)
@@ -216,7 +217,7 @@ class Observer:
             elif f.type == "lease-expired-alive":
                 for row in self.ledger.live_vms():
                     if f.object == _label(row):
-                        QemuDriver(storage=Path(row["storage"]), quiet=True).destroy(row["name"])
+                        QemuBackend(storage=Path(row["storage"]), quiet=True).destroy(row["name"])
                         self.ledger.vm_destroyed(row["id"])
                         done.append(f"destroyed {row['name']} (its lease had ended)")
             elif f.type == "mount-missing":
@@ -238,15 +239,12 @@ def _label(row: dict) -> str:
 
 def _tunnel_alive(tunnel: dict) -> bool:
     """The tunnel's ssh still runs: same pid *and* start time, so a reused pid does not count."""
-    try:
-        proc = psutil.Process(tunnel["pid"])
-        return proc.status() != psutil.STATUS_ZOMBIE and (
-            tunnel["create_time"] is None or abs(proc.create_time() - tunnel["create_time"]) < 0.01)
-    except (psutil.Error, TypeError, ValueError):
+    if tunnel.get("pid") is None or tunnel.get("create_time") is None:
         return False
+    return ProcessId(tunnel["pid"], tunnel["create_time"]).alive()
 
 
-def _qmp_status(driver: QemuDriver, name: str) -> str | None:
+def _qmp_status(driver: QemuBackend, name: str) -> str | None:
     try:
         with driver._qmp(name) as qmp:
             return qmp.cmd("query-status")["status"]

@@ -20,7 +20,8 @@ import psutil
 
 from . import paths
 from .errors import NotFound
-from .drivers.qemu import QemuDriver, _kill, _live_process, clear_run_dir, our_qemu_processes, run_dirs_of
+from .backends.qemu import QemuBackend, clear_run_dir, our_qemu_processes, run_dirs_of
+from .procs import kill, live_process
 
 
 @dataclass
@@ -50,8 +51,8 @@ class RunScope:
     def storage(self) -> Path:
         return self.dir / "vms"
 
-    def driver(self) -> QemuDriver:
-        return QemuDriver(storage=self.storage, quiet=self.quiet)
+    def driver(self) -> QemuBackend:
+        return QemuBackend(storage=self.storage, quiet=self.quiet)
 
     def start(self) -> list[str]:
         """Reap what dead runs left behind, then claim a fresh folder. Returns what was reaped."""
@@ -68,7 +69,7 @@ class RunScope:
         for run in sorted(self.root.iterdir()):
             try:
                 owner = json.loads((run / "owner.json").read_text())
-                alive = _live_process(owner["pid"], owner["create_time"]) is not None
+                alive = live_process(owner["pid"], owner["create_time"]) is not None
             except (OSError, ValueError, KeyError):
                 alive = False  # no readable owner: a run that died while starting
             if alive or run == self.dir:
@@ -99,7 +100,7 @@ class RunScope:
     def _destroy_all(storage: Path, quiet: bool = True) -> list[str]:
         if not storage.is_dir():
             return []
-        driver = QemuDriver(storage=storage, quiet=quiet)
+        driver = QemuBackend(storage=storage, quiet=quiet)
         names = driver.names()
         for name in names:
             try:
@@ -107,7 +108,7 @@ class RunScope:
             except NotFound:
                 pass  # destroyed meanwhile by another reaper
         for proc in our_qemu_processes(storage):  # QEMU whose folder is already gone
-            _kill(proc)
+            kill(proc)
         for stray in storage.iterdir():  # folders of VMs that never got a vm.json, stray files
             if stray.is_dir() and not stray.is_symlink():
                 clear_run_dir(stray)

@@ -123,7 +123,7 @@ class Project:
 
     def stop_backgrounds(self) -> list[str]:
         """SIGTERM every long-running command still running (before its VMs go); returns what had to be killed."""
-        from .drivers.qemu import stop_child
+        from .procs import stop_child
 
         return [" ".join(bg.argv) for bg in self.backgrounds if stop_child(bg.proc, grace=30)]
 

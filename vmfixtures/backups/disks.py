@@ -34,7 +34,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from ..drivers.qemu import qmp_events
+from ..backends.qemu import qmp_events
 from ..errors import ConfigError, GuestError, MissingDependency, NotFound, Timeout, VmfError
 from ..files import write_atomically
 from .folders import ensure_writable

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-from ..drivers.qemu import QemuDriver
+from ..backends.qemu import QemuBackend
 from ..errors import VmfError
 from ..spec import VMSpec
 from .ledger import Ledger
@@ -54,7 +54,7 @@ class Pool:
         self.ledger = ledger
         self.idle_per_spec = idle_per_spec
         self.max_idle = max_idle
-        self.driver = QemuDriver(storage=self.home / "pool", quiet=quiet)
+        self.driver = QemuBackend(storage=self.home / "pool", quiet=quiet)
         self.snapshots = self.home / "snapshots"
         self._lock = threading.Lock()
         self._refill_lock = threading.Lock()
@@ -99,12 +99,12 @@ class Pool:
             return final, True
 
     # -- idle VMs ------------------------------------------------------------
-    def _record_process(self, vm_id: int, driver: QemuDriver, name: str) -> None:
+    def _record_process(self, vm_id: int, driver: QemuBackend, name: str) -> None:
         info = driver.run_info(name)
         if info:
             self.ledger.add_process(info["pid"], info["create_time"], vm_id)
 
-    def restore(self, driver: QemuDriver, spec: VMSpec, lease_id: str | None, owner_pid: int | None,
+    def restore(self, driver: QemuBackend, spec: VMSpec, lease_id: str | None, owner_pid: int | None,
                 state: str, pool_key_: str | None = None) -> Placed:
         """Restore ``spec`` from its snapshot into ``driver``'s storage (recorded before acting)."""
         snap, made = self.snapshot_for(spec)
@@ -177,7 +177,7 @@ class Pool:
         target = dst / "run"
         if target.is_symlink():
             (Path(os.readlink(target)) / "vm_dir").write_text(str(dst.resolve()))
-        driver = QemuDriver(storage=Path(storage), quiet=True)
+        driver = QemuBackend(storage=Path(storage), quiet=True)
         driver.claim(spec.name, spec, owner_pid)
         self.ledger.update_vm(row["id"], source="pool")
         try:

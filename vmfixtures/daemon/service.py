@@ -15,7 +15,8 @@ from pathlib import Path
 
 import psutil
 
-from ..drivers.qemu import QemuDriver, _live_process, orphan_qemus, orphan_run_dirs
+from ..backends.qemu import QemuBackend, orphan_qemus, orphan_run_dirs
+from ..procs import live_process
 from ..errors import ConfigError, NotFound
 from ..spec import check_name, parse_vm
 from ..observer import Observer
@@ -84,7 +85,7 @@ class FixtureService:
         return lease
 
     def describe_vm(self, row: dict) -> dict:
-        driver = QemuDriver(storage=Path(row["storage"]), quiet=True)
+        driver = QemuBackend(storage=Path(row["storage"]), quiet=True)
         info = driver.run_info(row["name"]) or {}
         state = driver.state(row["name"]).value
         return {"id": row["id"], "storage": row["storage"], "name": row["name"], "lease": row["lease_id"],
@@ -127,7 +128,7 @@ class FixtureService:
         now = time.time()
         for lease in self.ledger.active_leases():
             reason = None
-            if lease["owner_pid"] is not None and _live_process(lease["owner_pid"], lease["owner_start"]) is None:
+            if lease["owner_pid"] is not None and live_process(lease["owner_pid"], lease["owner_start"]) is None:
                 reason = f"owner pid {lease['owner_pid']} died"
             elif lease["expires_at"] is not None and lease["expires_at"] < now:
                 reason = f"TTL of {lease['ttl']:.0f}s lapsed without a heartbeat"
@@ -157,7 +158,7 @@ class FixtureService:
         storage_path = Path(storage)
         if not storage_path.is_absolute():
             raise ConfigError(f"storage: {storage!r} must be an absolute path")
-        driver = QemuDriver(storage=storage_path, quiet=True)
+        driver = QemuBackend(storage=storage_path, quiet=True)
         with self._vm_lock:
             if (driver.vm_dir(name) / "vm.json").is_file():
                 result = driver.create(spec, start=False)  # "exists", or Mismatch naming each field
@@ -176,7 +177,7 @@ class FixtureService:
         lease = self._lease_for(lease_id)
         if not Path(disk).is_file():
             raise NotFound(f"disk {disk} does not exist")
-        driver = QemuDriver(storage=Path(storage), quiet=True)
+        driver = QemuBackend(storage=Path(storage), quiet=True)
         vm_id = self.ledger.add_vm(storage, name, spec.to_dict(), "creating", lease_id=lease_id, source="backup")
         self.ledger.add_disk(str(driver.vm_dir(name) / "disk.qcow2"), vm_id, "restored")
         try:
@@ -200,14 +201,14 @@ class FixtureService:
 
     def stop(self, storage: str, name: str, timeout: float | None = None) -> dict:
         row = self._row(storage, name)
-        result = QemuDriver(storage=Path(storage), quiet=True).stop(name, timeout)
+        result = QemuBackend(storage=Path(storage), quiet=True).stop(name, timeout)
         self.ledger.end_processes(row["id"])
         self.ledger.update_vm(row["id"], state="stopped")
         return {"graceful": result.graceful, "seconds": result.seconds}
 
     def start(self, storage: str, name: str) -> dict:
         row = self._row(storage, name)
-        driver = QemuDriver(storage=Path(storage), quiet=True)
+        driver = QemuBackend(storage=Path(storage), quiet=True)
         m = driver.start(name)
         info = driver.run_info(name)
         self.ledger.add_process(info["pid"], info["create_time"], row["id"])
@@ -219,7 +220,7 @@ class FixtureService:
         return self._destroy_row(row)
 
     def _destroy_row(self, row: dict) -> dict:
-        driver = QemuDriver(storage=Path(row["storage"]), quiet=True)
+        driver = QemuBackend(storage=Path(row["storage"]), quiet=True)
         with self._vm_lock:
             self.ledger.update_vm(row["id"], state="destroying")
             proof = None
@@ -257,7 +258,7 @@ class FixtureService:
         storages = {str(self.pool.driver.storage)}
         for row in self.ledger.live_vms():
             storages.add(row["storage"])
-            driver = QemuDriver(storage=Path(row["storage"]), quiet=True)
+            driver = QemuBackend(storage=Path(row["storage"]), quiet=True)
             lease = self.ledger.lease(row["lease_id"]) if row["lease_id"] else None
             if row["state"] in ("pooled", "creating", "destroying"):
                 pid = self._pid(driver, row["name"])
@@ -272,7 +273,7 @@ class FixtureService:
                 reclaimed.append(f"VM {row['name']} marked stopped (its QEMU is gone)")
         known = {p["pid"] for p in self.ledger.live_processes()}
         for row in self.ledger.live_vms():  # a VM restarted or restored outside the daemon has a new pid
-            info = QemuDriver(storage=Path(row["storage"]), quiet=True).run_info(row["name"])
+            info = QemuBackend(storage=Path(row["storage"]), quiet=True).run_info(row["name"])
             if info:
                 known.add(info["pid"])
         for proc, cwd in orphan_qemus(storages, known):
@@ -294,7 +295,7 @@ class FixtureService:
         return reclaimed
 
     @staticmethod
-    def _pid(driver: QemuDriver, name: str):
+    def _pid(driver: QemuBackend, name: str):
         info = driver.run_info(name)
         return info["pid"] if info else None
 

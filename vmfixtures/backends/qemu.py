@@ -17,14 +17,11 @@ ours from anyone else's.
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import json
 import os
-import select
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import threading
@@ -39,24 +36,46 @@ from qemu.qmp import ExecInterruptedError, QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from .. import keys, paths
-from ..errors import GuestError, Mismatch, MissingDependency, NotFound, Timeout, VmfError
+from ..errors import (
+    GuestError,
+    Mismatch,
+    MissingDependency,
+    NotFound,
+    Timeout,
+    VmfError,
+)
 from ..files import write_atomically
 from ..images import Image, Recipe, build, find
 from ..machine import Machine
 from ..mounts import kill_helpers
+from ..procs import (
+    CHILDREN,
+    ProcessId,
+    die_with_parent,
+    kill,
+    live_process,
+    owner_record,
+    process_alive,
+    wait_exit,
+)
 from ..progress import Progress
 from ..spec import VMSpec, check_name
 from . import accel as accel_mod
-from .base import CreateResult, DestroyProof, StopResult, VMState
+from .base import (
+    DIRTY_BITMAPS,
+    DISK_HOTPLUG,
+    MEMORY_SNAPSHOTS,
+    Backend,
+    CreateResult,
+    DestroyProof,
+    StopResult,
+    VMState,
+)
 
 PREFIX = "vmfx-"
 QEMU = "qemu-system-x86_64"
 READY_LINE = r"vmfixtures: ready"
 SOCKETS = ("qmp", "qga", "console")
-PR_SET_PDEATHSIG = 1
-# QEMU processes this process spawned: polled so that a VM killed by someone
-# else (another CLI call) is reaped here instead of lingering as a zombie.
-_CHILDREN: dict[int, subprocess.Popen] = {}
 
 
 @dataclass
@@ -70,11 +89,14 @@ class Boot:
     vm_dir: Path
     log_offset: int = 0
 
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
     def abandon(self, exc: BaseException, what: str) -> BaseException:
         """Kill the half-booted QEMU, drop its sockets, and return ``exc`` reworded to say
         what QEMU itself complained about when it exited on its own (a bad disk, say)."""
         exited = self.proc.poll()
-        _kill(psutil.Process(self.proc.pid) if exited is None else None)
+        kill(psutil.Process(self.proc.pid) if exited is None else None)
         clear_run_dir(self.vm_dir)
         if not isinstance(exc, VmfError):
             return exc
@@ -88,15 +110,13 @@ class Boot:
                          f"  qemu log: {self.vm_dir / 'qemu.log'}")
 
 
-def _die_with_parent() -> None:
-    """Run in the child before exec: SIGKILL QEMU when its owner dies, even by SIGKILL."""
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
-
-class QemuDriver:
+class QemuBackend(Backend):
     """Create, start, stop, restart and destroy VMs as plain QEMU processes."""
 
     name = "qemu"
+    MEMORY_FILE = "mem.state"  # a QEMU migration stream
+    capabilities = frozenset({MEMORY_SNAPSHOTS, DIRTY_BITMAPS, DISK_HOTPLUG})
 
     def __init__(self, storage: Path | None = None, recipe: Recipe | None = None, quiet: bool = False):
         self.storage = Path(storage) if storage else paths.vms_dir()
@@ -133,12 +153,20 @@ class QemuDriver:
         except (FileNotFoundError, ValueError):
             return None
 
+    def process_id(self, name: str) -> ProcessId | None:
+        """The VM's QEMU process (pid + start time) while it runs."""
+        pid = ProcessId.from_record(self.run_info(name))
+        return pid if pid and pid.alive() else None
+
     def process(self, name: str) -> psutil.Process | None:
         """The VM's QEMU process if it is alive and really ours (pid + start time)."""
-        info = self.run_info(name)
-        if not info:
-            return None
-        return _live_process(info["pid"], info["create_time"])
+        pid = ProcessId.from_record(self.run_info(name))
+        return pid.process() if pid else None
+
+    def evidence(self, name: str) -> dict[str, Path]:
+        folder = self.vm_dir(name)
+        return {kind: folder / f for kind, f in (("serial console", "console.log"), ("QEMU log", "qemu.log"))
+                if (folder / f).is_file()}
 
     def state(self, name: str) -> VMState:
         if not (self.vm_dir(name) / "vm.json").is_file():
@@ -163,7 +191,7 @@ class QemuDriver:
                 **extra) -> None:
         """Write vm.json, the file that makes a folder a VM (so it is written last, atomically)."""
         _write_json(vm_dir / "vm.json", {"spec": spec.to_dict(), "image": image_key, "image_dir": str(image_dir),
-                                         "driver": self.name, "created_at": time.time(),
+                                         "backend": self.name, "created_at": time.time(),
                                          "owner": owner_record(owner_pid), **extra})
 
     def claim(self, name: str, spec: VMSpec, owner_pid: int | None) -> None:
@@ -227,7 +255,7 @@ class QemuDriver:
         """Create and start several VMs; they boot in parallel. A result or the error, per spec."""
         results: list = []
         booting = []
-        for spec in specs:  # launched from this thread: see _die_with_parent
+        for spec in specs:  # launched from this thread: see procs.die_with_parent
             try:
                 result = self.create(spec, start=False, owner_pid=owner_pid)
                 if result.status == "created":
@@ -245,7 +273,7 @@ class QemuDriver:
                 r.state = self.state(r.name)
         return results
 
-    def _wait_or_error(self, name: str, boot: "Boot") -> VmfError | None:
+    def _wait_or_error(self, name: str, boot: Boot) -> VmfError | None:
         try:
             self.wait_ready(name, boot)
             return None
@@ -258,10 +286,10 @@ class QemuDriver:
             return self.machine(name)
         return self.wait_ready(name, self.launch(name))
 
-    def launch(self, name: str, incoming: bool = False) -> "Boot":
+    def launch(self, name: str, incoming: Path | None = None) -> Boot:
         """Spawn QEMU for a stopped VM and return at once; ``wait_ready`` finishes the boot.
 
-        ``incoming``: start paused, waiting for a memory snapshot (``wait_restored``)."""
+        ``incoming``: a memory snapshot to restore; QEMU starts paused, waiting for it (``wait_restored``)."""
         meta = self._meta(name)
         if self.process(name):
             raise GuestError(f"VM '{name}' is already running")
@@ -290,8 +318,8 @@ class QemuDriver:
             log_offset = log.tell()
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=vm_dir,
                                     pass_fds=[l.fileno() for l in listeners.values()], start_new_session=True,
-                                    preexec_fn=_die_with_parent if owned else None)
-        _CHILDREN[proc.pid] = proc
+                                    preexec_fn=die_with_parent if owned else None)
+        CHILDREN[proc.pid] = proc
         for l in listeners.values():
             l.close()  # QEMU holds its own copies now
         info = {"pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time(), "accel": accel.name,
@@ -299,18 +327,17 @@ class QemuDriver:
         _write_json(run / "run.json", info)
         return Boot(proc, info, offset, progress, vm_dir, log_offset)
 
-    def wait_ready(self, name: str, boot: "Boot") -> Machine:
+    def wait_ready(self, name: str, boot: Boot) -> Machine:
         """Wait for the ready line of a launched VM; on failure kill it and say why."""
         vm_dir = self.vm_dir(name)
         run = vm_dir / "run"
         info = boot.info
         try:
-            with self._qmp(name) as qmp:
-                info["ssh_port"] = _forwarded_port(qmp.cmd("human-monitor-command", **{"command-line": "info usernet"}))
+            info["ssh_port"] = self._ssh_port(name)
             _write_json(run / "run.json", info)
             m = self.machine(name)
             m.console.wait_for(READY_LINE, boot.console_offset, self.accel().scale(60),
-                               alive=lambda: boot.proc.poll() is None)
+                               alive=boot.alive)
         except BaseException as exc:
             raise boot.abandon(exc, f"VM '{name}' failed to boot") from None
         boot.progress.step(f"ready in {boot.progress.elapsed():.1f}s (ssh 127.0.0.1:{info['ssh_port']})")
@@ -368,17 +395,56 @@ class QemuDriver:
         if proc:
             deadline = timeout if timeout is not None else self.accel().scale(20)
             try:
-                with self._qmp(name) as qmp:
-                    qmp.cmd("system_powerdown")
-                graceful = wait_exit(proc.pid, deadline)
+                self._power_button(name)
+                graceful = self._wait_off(name, proc, deadline)
             except GuestError:
                 graceful = False
             if not graceful:
-                _kill(proc)
+                self._force_off(name, proc)
         clear_run_dir(self.vm_dir(name))
         return StopResult(name, graceful, time.monotonic() - start)
 
+    def _load_memory(self, name: str, mem: Path) -> None:
+        """Feed a memory snapshot to the paused, waiting QEMU and resume the guest."""
+        with self._qmp(name) as qmp:
+            qmp.cmd("migrate-set-capabilities", capabilities=[{"capability": "events", "state": True}])
+            qmp.cmd("migrate-incoming", uri=f"exec:cat {shlex.quote(str(mem))}")
+            _wait_migration(qmp, self.accel().scale(60), f"restore of '{name}'")
+            qmp.cmd("cont")
+
+    def _ssh_port(self, name: str) -> int:
+        """The host port forwarded to the guest's sshd (QEMU chose it: hostfwd on port 0)."""
+        with self._qmp(name) as qmp:
+            return _forwarded_port(qmp.cmd("human-monitor-command", **{"command-line": "info usernet"}))
+
+    def _power_button(self, name: str) -> None:
+        """Press the VM's (ACPI) power button."""
+        with self._qmp(name) as qmp:
+            qmp.cmd("system_powerdown")
+
+    def _wait_off(self, name: str, proc: psutil.Process, deadline: float) -> bool:
+        """Wait until the VM has powered off (its process exited), at most ``deadline`` seconds."""
+        return wait_exit(proc.pid, deadline)
+
+    def _force_off(self, name: str, proc: psutil.Process | None) -> None:
+        """Pull the plug: the VM's process is gone when this returns."""
+        kill(proc)
+
     # -- memory snapshots -------------------------------------------------
+    def _save_memory_and_end(self, name: str, proc: psutil.Process, mem: Path) -> None:
+        """Pause the guest, write its memory to ``mem`` and end the VM's process."""
+        with self._qmp(name) as qmp:
+            qmp.cmd("migrate-set-capabilities", capabilities=[{"capability": "events", "state": True}])
+            qmp.cmd("stop")
+            qmp.cmd("migrate", uri=f"exec:cat > {shlex.quote(str(mem))}")
+            _wait_migration(qmp, self.accel().scale(60), f"snapshot of '{name}'")
+            try:
+                qmp.cmd("quit")
+            except (EOFError, OSError, ExecInterruptedError):
+                pass  # QEMU may hang up before its reply to `quit` arrives; its exit is checked below
+        if not wait_exit(proc.pid, 10.0):
+            kill(proc)
+
     def snapshot(self, name: str, dest: Path) -> Path:
         """Save a running VM's memory and freeze its disk into ``dest``; the VM is consumed.
 
@@ -391,18 +457,7 @@ class QemuDriver:
         if not proc:
             raise GuestError(f"VM '{name}' is not running; only a running VM can be snapshotted")
         dest.mkdir(parents=True)
-        deadline = self.accel().scale(60)
-        with self._qmp(name) as qmp:
-            qmp.cmd("migrate-set-capabilities", capabilities=[{"capability": "events", "state": True}])
-            qmp.cmd("stop")
-            qmp.cmd("migrate", uri=f"exec:cat > {shlex.quote(str(dest / 'mem.state'))}")
-            _wait_migration(qmp, deadline, f"snapshot of '{name}'")
-            try:
-                qmp.cmd("quit")
-            except (EOFError, OSError, ExecInterruptedError):
-                pass  # QEMU may hang up before its reply to `quit` arrives; its exit is checked below
-        if not wait_exit(proc.pid, 10.0):
-            _kill(proc)
+        self._save_memory_and_end(name, proc, dest / self.MEMORY_FILE)
         os.rename(self.vm_dir(name) / "disk.qcow2", dest / "disk.qcow2")
         os.chmod(dest / "disk.qcow2", 0o444)
         _write_json(dest / "snapshot.json", {"spec": meta["spec"], "image": meta["image"],
@@ -411,7 +466,7 @@ class QemuDriver:
         shutil.rmtree(self.vm_dir(name), ignore_errors=True)
         return dest
 
-    def create_from_snapshot(self, spec: VMSpec, snapshot: Path, owner_pid: int | None = None) -> "Boot":
+    def create_from_snapshot(self, spec: VMSpec, snapshot: Path, owner_pid: int | None = None) -> Boot:
         """Create VM ``spec.name`` from a snapshot and start restoring it; finish with ``wait_restored``."""
         check_name(spec.name)
         vm_dir = self.vm_dir(spec.name)
@@ -426,24 +481,20 @@ class QemuDriver:
             # The ready line predates the snapshot: say in the log where this guest came from.
             with open(vm_dir / "console.log", "a") as log:
                 log.write(f"[vmfixtures] restored from memory snapshot {snapshot} at {time.ctime()}\n")
-            return self.launch(spec.name, incoming=True)
+            return self.launch(spec.name, incoming=snapshot / self.MEMORY_FILE)
         except BaseException:
             self.destroy(spec.name)
             raise
 
-    def wait_restored(self, name: str, boot: "Boot", mem: Path | None = None, personalize: bool = True) -> Machine:
+    def wait_restored(self, name: str, boot: Boot, mem: Path | None = None, personalize: bool = True) -> Machine:
         """Load a memory snapshot into a launched VM and resume it; fix clock and hostname
         (``personalize``) when it came from a pool snapshot shared by many VMs."""
-        mem = mem or Path(self._meta(name)["snapshot"]) / "mem.state"
+        mem = mem or Path(self._meta(name)["snapshot"]) / self.MEMORY_FILE
         snapshot = mem.parent
         info = boot.info
         try:
-            with self._qmp(name) as qmp:
-                qmp.cmd("migrate-set-capabilities", capabilities=[{"capability": "events", "state": True}])
-                qmp.cmd("migrate-incoming", uri=f"exec:cat {shlex.quote(str(mem))}")
-                _wait_migration(qmp, self.accel().scale(60), f"restore of '{name}'")
-                qmp.cmd("cont")
-                info["ssh_port"] = _forwarded_port(qmp.cmd("human-monitor-command", **{"command-line": "info usernet"}))
+            self._load_memory(name, mem)
+            info["ssh_port"] = self._ssh_port(name)
             info["restored_from"] = str(snapshot)
             _write_json(self.vm_dir(name) / "run" / "run.json", info)
             m = self.machine(name)
@@ -507,16 +558,15 @@ class QemuDriver:
         proc = self.process(name)
         self.release(name)
         kill_helpers(self.vm_dir(name))
-        if proc:
-            _kill(proc)  # the running state is discarded: that is what restoring means
+        self._force_off(name, proc)  # the running state is discarded: that is what restoring means
         clear_run_dir(self.vm_dir(name))
         tmp = self.vm_dir(name) / ".disk.restore"
         subprocess.run(["cp", "--sparse=always", str(snap / "disk.qcow2"), str(tmp)], check=True, capture_output=True)
         os.replace(tmp, self.vm_dir(name) / "disk.qcow2")
         with open(self.vm_dir(name) / "console.log", "a") as log:
             log.write(f"[vmfixtures] restored VM snapshot '{tag}' at {time.ctime()}\n")
-        boot = self.launch(name, incoming=True)
-        return self.wait_restored(name, boot, snap / "mem.state", personalize=False)
+        boot = self.launch(name, incoming=snap / self.MEMORY_FILE)
+        return self.wait_restored(name, boot, snap / self.MEMORY_FILE, personalize=False)
 
     def personalize(self, m: Machine, clock: bool = True) -> None:
         """What must differ between VMs restored from one snapshot: the clock and the hostname.
@@ -545,8 +595,7 @@ class QemuDriver:
         proc = self.process(name)
         self.release(name)
         kill_helpers(vm_dir)  # mount helpers first: they hold SSH sessions into the guest
-        if proc:
-            _kill(proc)
+        self._force_off(name, proc)
         try:
             files = [str(p) for p in vm_dir.rglob("*")]
         except OSError:
@@ -576,9 +625,13 @@ class QemuDriver:
         run = (self.vm_dir(name) / "run").resolve()  # the short path: socket paths are length-limited
         m = Machine(name=name, run_dir=run, console_log=self.vm_dir(name) / "console.log",
                     ssh_port=info.get("ssh_port"), host_key=Image(Path(meta["image_dir"])).host_key,
-                    key_path=keys.ensure_keypair(), accel=info["accel"])
+                    key_path=keys.ensure_keypair(), accel=info["accel"], agent=self._agent(name, meta))
         self._machines[name] = (info["pid"], m)
         return m
+
+    def _agent(self, name: str, meta: dict):
+        """The guest agent channel (None: the socket QEMU serves in the run folder)."""
+        return
 
     def known_hosts(self, name: str) -> Path:
         """A known_hosts file pinning the guest's host key at its forwarded port (for OpenSSH)."""
@@ -602,7 +655,7 @@ class QemuDriver:
         for name in self.names():
             meta = self._meta(name)
             owner = meta.get("owner")
-            if owner and _live_process(owner["pid"], owner["create_time"]) is None:
+            if owner and live_process(owner["pid"], owner["create_time"]) is None:
                 self.destroy(name)
                 reclaimed.append(f"vm {name} (owner pid {owner['pid']} is gone)")
                 continue
@@ -610,7 +663,7 @@ class QemuDriver:
             if info:
                 known_pids.add(info["pid"])
         for proc, _ in orphan_qemus([self.storage], known_pids):
-            _kill(proc)
+            kill(proc)
             reclaimed.append(f"orphan QEMU pid {proc.pid}")
         return reclaimed
 
@@ -628,21 +681,6 @@ def our_qemu_processes(storage: Path | None = None) -> list[psutil.Process]:
     return found
 
 
-def process_alive(pid: int) -> bool:
-    """True while ``pid`` runs; a zombie counts as gone (and is reaped if it is our child)."""
-    child = _CHILDREN.get(pid)
-    if child is not None and child.poll() is not None:
-        del _CHILDREN[pid]
-        return False
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def owner_record(pid: int | None) -> dict | None:
-    """Who owns a VM: pid and start time, so that a reused pid is not taken for the owner."""
-    return {"pid": pid, "create_time": psutil.Process(pid).create_time()} if pid else None
 
 
 def orphan_qemus(storages, known_pids) -> list[tuple[psutil.Process, str]]:
@@ -658,61 +696,8 @@ def orphan_qemus(storages, known_pids) -> list[tuple[psutil.Process, str]]:
     return found
 
 
-def _live_process(pid: int, create_time: float) -> psutil.Process | None:
-    if not process_alive(pid):
-        return None
-    try:
-        proc = psutil.Process(pid)
-        if abs(proc.create_time() - create_time) > 0.01 or proc.status() == psutil.STATUS_ZOMBIE:
-            return None
-        return proc
-    except psutil.Error:
-        return None
 
 
-def wait_exit(pid: int, timeout: float) -> bool:
-    """Block until ``pid`` terminates (zombie or reaped) or ``timeout``; True if it did.
-
-    A pidfd becomes readable when the process exits, whoever its parent is,
-    so this is an event wait, and it does not mistake a zombie for a survivor.
-    """
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        exited = bool(select.select([fd], [], [], timeout)[0])
-    finally:
-        os.close(fd)
-    if exited and pid in _CHILDREN:
-        _CHILDREN.pop(pid).wait()  # reap our own child
-    return exited
-
-
-def stop_child(proc: subprocess.Popen, grace: float) -> bool:
-    """SIGTERM a child, SIGKILL it if it outlives ``grace`` seconds, and reap it. True if it had to be killed."""
-    if proc.poll() is not None:
-        return False
-    proc.terminate()
-    try:
-        proc.wait(timeout=grace)
-        return False
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        return True
-
-
-def _kill(proc: psutil.Process | None, timeout: float = 10.0) -> None:
-    """SIGKILL and wait until the process has really terminated."""
-    if proc is None:
-        return
-    try:
-        proc.kill()
-    except psutil.NoSuchProcess:
-        return
-    if not wait_exit(proc.pid, timeout):
-        raise Timeout(f"QEMU pid {proc.pid} survived SIGKILL for {timeout:.0f}s")
 
 
 def runtime_root() -> Path:
