@@ -12,6 +12,8 @@
 - SIGTERM becomes KeyboardInterrupt so behave runs after_all; an atexit
   handler cleans up if behave never gets there.
 - VMFIXTURES_DAEMON=off runs embedded: VMs are booted by this process.
+- ``-D backend=qemu|libvirt|multipass`` (or $VMFIXTURES_BACKEND) picks where VMs
+  run; an unknown -D key or backend stops the run (exit 2) before anything starts.
 """
 
 import atexit
@@ -23,7 +25,8 @@ import sys
 import time
 from pathlib import Path
 
-from vmfixtures import capabilities
+from vmfixtures import backends, capabilities
+from vmfixtures.errors import VmfError
 from vmfixtures.client import Heartbeat, ensure_daemon
 from vmfixtures.procs import process_alive, wait_exit
 from vmfixtures.scope import RunScope
@@ -47,9 +50,31 @@ def _use_daemon():
     return os.environ.get("VMFIXTURES_DAEMON", "").lower() not in ("off", "0", "no")
 
 
+USERDATA = {"backend": "where VMs run: qemu (default), libvirt or multipass"}
+
+
+def _refuse(message, code=2):
+    """Stop the whole run before anything starts: a setting that is not understood is never ignored."""
+    print(f"vmfixtures: {message}", file=sys.stderr, flush=True)
+    os._exit(code)  # behave turns exceptions in before_all into a "hook error" and runs on
+
+
+def _userdata(context):
+    unknown = sorted(set(context.config.userdata) - set(USERDATA))
+    if unknown:
+        known = "; ".join(f"{k}: {v}" for k, v in USERDATA.items())
+        _refuse(f"unknown -D setting(s) {', '.join(unknown)} (known: {known})")
+    try:
+        return backends.chosen(context.config.userdata.get("backend"), "-D backend")
+    except VmfError as exc:
+        _refuse(str(exc), exc.exit_code)
+
+
 def before_all(context):
     signal.signal(signal.SIGTERM, _terminate)
-    context.scope = RunScope(quiet=False)
+    backend = _userdata(context)
+    os.environ["VMFIXTURES_BACKEND"] = backend  # the CLI and runners this run starts use it too
+    context.scope = RunScope(quiet=False, backend=backend)
     for line in context.scope.start():
         _say(f"reaped {line}")
     context.client = None
@@ -57,12 +82,21 @@ def before_all(context):
     context.observer_stats = {"healthy": 0, "drift": 0, "findings": 0}
     atexit.register(_finish, context)
     context.capabilities = {"qemu": capabilities.probe_qemu()}
+    backend_cap = capabilities.probe_backend(backend)
+    context.backend_missing = None
+    if not backend_cap.available and backend == "multipass":
+        context.backend_missing = f"the multipass backend cannot run here: {backend_cap.reason}"
+        _say(f"every scenario skips: {context.backend_missing}")
+        return
+    if not backend_cap.available:
+        _refuse(f"backend {backend}: {backend_cap.reason}", 5)
     if not context.capabilities["qemu"].available:
         return
     driver = context.scope.driver()
+    context.backend = driver
     driver.image()  # builds with progress lines when not cached
     accel = driver.accel()
-    _say(f"accelerator {accel.name} ({accel.reason}); storage {context.scope.storage}")
+    _say(f"backend {backend}; accelerator {accel.name} ({accel.reason}); storage {context.scope.storage}")
     context.capabilities["kvm"] = capabilities.probe("kvm", accel.name)
     if _use_daemon():
         _connect_daemon(context)
@@ -92,11 +126,14 @@ def before_feature(context, feature):
 
 def _capability(context, name):
     if name not in context.capabilities:
-        context.capabilities[name] = capabilities.probe(name)
+        context.capabilities[name] = capabilities.probe(name, backend=getattr(context, "backend", None))
     return context.capabilities[name]
 
 
 def before_scenario(context, scenario):
+    if getattr(context, "backend_missing", None):
+        scenario.skip(reason=context.backend_missing)
+        return
     for tag in scenario.effective_tags:
         if tag.startswith("requires."):
             cap = _capability(context, tag.removeprefix("requires."))
@@ -176,10 +213,7 @@ def _attach_consoles(context, scenario):
         allure = None
     folder = EVIDENCE_DIR / re.sub(r"[^A-Za-z0-9]+", "-", scenario.name).strip("-")
     for name in context.driver.names():
-        for kind, log in (("serial console", context.driver.vm_dir(name) / "console.log"),
-                          ("QEMU log", context.driver.vm_dir(name) / "qemu.log")):
-            if not log.exists():
-                continue
+        for kind, log in backends.backend_for(context.scope.storage, name).evidence(name).items():
             text = log.read_text(errors="replace")
             folder.mkdir(parents=True, exist_ok=True)
             (folder / f"{name}-{log.name}").write_text(text)

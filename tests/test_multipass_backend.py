@@ -137,17 +137,18 @@ def test_list_with_several_instances():
     assert parse_list('{"list": []}') == []  # tests/unit/test_data/formatters/json/empty_list_reply.json
 
 
-@pytest.mark.parametrize("text, complaint", [
-    ("Name  State  IPv4  Release\n", "not JSON"),                       # the table format by mistake
-    ('{"list": {"name": "x"}}', "list should be a list"),
-    ('{"list": [{"name": "x"}]}', "list[0].state should be a str"),
-    ('{"errors": [], "info": []}', "info should be a dict"),
-    (INFO_STOPPED.replace('"cpu_count": ""', '"cpu_count": "four"'), "cpu_count is 'four'"),
+@pytest.mark.parametrize("parse, text, complaint", [
+    (parse_list, "Name  State  IPv4  Release\n", "output is not JSON"),  # the table format by mistake
+    (parse_info, '{"errors": [], "info": {"foo": {"state": "Running"', "output is not JSON"),  # cut short
+    (parse_list, '{"list": {"name": "x"}}', "list should be a list"),
+    (parse_list, '{"list": [{"name": "x"}]}', "list[0].state should be a str"),
+    (parse_info, '{"errors": [], "info": []}', "info should be a dict"),
+    (parse_info, INFO_STOPPED.replace('"cpu_count": ""', '"cpu_count": "four"'), "cpu_count is 'four'"),
 ])
-def test_malformed_output_is_one_guest_error(text, complaint):
-    parse = parse_list if '"list"' in text or "Name" in text else parse_info
-    with pytest.raises(GuestError, match=complaint.replace("[", r"\[").replace("]", r"\]")) as exc:
+def test_malformed_output_is_one_guest_error(parse, text, complaint):
+    with pytest.raises(GuestError) as exc:
         parse(text)
+    assert complaint in str(exc.value)
     assert "\n" not in str(exc.value)
 
 
@@ -188,7 +189,8 @@ def test_missing_instance_is_not_found_with_stderr_in_one_line():
     fake = FakeMultipass({("info", "--format", "json", "vmfx-ghost"): missing("info", "vmfx-ghost"),
                           ("delete", "--purge", "vmfx-ghost"): missing("delete", "vmfx-ghost"),
                           # mount/umount word it with single quotes (daemon.cpp)
-                          ("umount", "vmfx-ghost:/data"): (2, "", "umount failed: instance 'vmfx-ghost' does not exist\n")})
+                          ("umount", "vmfx-ghost:/data"):
+                              (2, "", "umount failed: instance 'vmfx-ghost' does not exist\n")})
     backend = MultipassBackend(runner=fake)
     assert backend.state("ghost") == VMState.MISSING
     with pytest.raises(NotFound) as exc:
@@ -215,10 +217,12 @@ def test_exec_passes_the_guest_exit_code_through():
 
 
 def test_exec_failure_of_multipass_itself_is_an_error():
-    # src/client/cli/cmd/exec.cpp: "exec failed: <what>" and ReturnCode::ShellExecFail = 255
+    # src/client/cli/cmd/exec.cpp: "exec failed: <what>" and ReturnCode::ShellExecFail = 255; <what> as
+    # src/ssh/plain_ssh_session.cpp + include/multipass/ssh/throw_on_error.h word it (libssh's part illustrative)
     fake = FakeMultipass({("exec", "vmfx-web", "--no-map-working-directory", "--", "true"):
                           (255, "", "exec failed: ssh connection failed: 'Connection refused'\n"),
-                          ("exec", "vmfx-ghost", "--no-map-working-directory", "--", "true"): missing("exec", "vmfx-ghost")})
+                          ("exec", "vmfx-ghost", "--no-map-working-directory", "--", "true"):
+                              missing("exec", "vmfx-ghost")})
     backend = MultipassBackend(runner=fake)
     with pytest.raises(GuestError, match="exited 255: exec failed: ssh connection failed"):
         backend.exec("web", ["true"])

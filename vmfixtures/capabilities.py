@@ -28,9 +28,23 @@ def probe_multipass() -> Capability:
 
 
 def probe_libvirt() -> Capability:
-    if shutil.which("virsh") is None:
-        return Capability(False, "libvirt is not installed (virsh not found)")
+    """libvirt-python is importable and libvirtd answers at the configured URI."""
+    from .errors import VmfError
+
+    try:
+        from .backends.libvirt import connection, uri
+
+        connection().getLibVersion()
+    except VmfError as exc:
+        return Capability(False, str(exc))
+    except Exception as exc:  # noqa: BLE001 - any libvirt failure means: not usable here
+        return Capability(False, f"libvirt at {uri()} is not usable: {exc}")
     return Capability(True)
+
+
+def probe_backend(name: str) -> Capability:
+    """Whether VMs can run on backend ``name`` here."""
+    return {"qemu": probe_qemu, "libvirt": probe_libvirt, "multipass": probe_multipass}[name]()
 
 
 def probe_claude() -> Capability:
@@ -51,12 +65,24 @@ def probe_systemd() -> Capability:
 PROBES = {"systemd": probe_systemd, "qemu": probe_qemu, "multipass": probe_multipass, "libvirt": probe_libvirt, "claude": probe_claude}
 
 
-def probe(name: str, accel_name: str | None = None) -> Capability:
-    """Probe ``name`` (qemu, kvm, libvirt, multipass); ``kvm`` needs the accelerator in use."""
+def probe(name: str, accel_name: str | None = None, backend=None) -> Capability:
+    """Probe ``name``: a host tool (qemu, libvirt, multipass, systemd, claude), ``kvm`` (needs the
+    accelerator in use), or an optional backend capability (memory-snapshots, ...) of ``backend``.
+    An unknown name is an error, never a silent skip: a misspelled tag must not hide a scenario."""
+    from .backends.base import CAPABILITIES
+    from .errors import ConfigError
+
     if name == "kvm":
         if accel_name == "kvm":
             return Capability(True)
         return Capability(False, "KVM is not usable here (a KVM probe boot did not finish; VMs run under TCG)")
+    if name in CAPABILITIES:
+        if backend is None:
+            return Capability(False, f"no backend to offer {name}")
+        if backend.supports(name):
+            return Capability(True)
+        return Capability(False, f"the {backend.name} backend does not offer {name}")
     if name not in PROBES:
-        return Capability(False, f"unknown capability '{name}'")
+        known = ", ".join(sorted([*PROBES, "kvm", *CAPABILITIES]))
+        raise ConfigError(f"@requires.{name}: unknown capability (known: {known})")
     return PROBES[name]()

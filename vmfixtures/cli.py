@@ -15,8 +15,7 @@ from pathlib import Path
 
 from . import errors, images, paths
 from .client import Client, Heartbeat, start_daemon
-from .backends import get_driver
-from .backends.qemu import QemuBackend
+from .backends import Backend, backend_for, chosen, open_backend, recorded_backend
 from .files import write_atomically
 from .spec import load_config
 from .vmlist import describe_vms
@@ -27,12 +26,32 @@ EXIT_CODES = """exit codes:
   2  bad config or arguments      7  timed out waiting for a guest
   3  no such VM or image          8  the guest or QEMU refused a request
   4  VM exists with another spec  9  a tunnel could not be brought up
+                                  10 the backend cannot do this
                                   130 interrupted
 """
 
 
-def _driver(args) -> QemuBackend:
-    return get_driver("qemu", storage=args.storage, quiet=args.quiet)
+def _backend_name(args) -> str:
+    """--backend, else $VMFIXTURES_BACKEND, else the config's defaults.backend, else qemu."""
+    if args.backend:
+        return chosen(args.backend, "--backend")
+    if not os.environ.get("VMFIXTURES_BACKEND") and getattr(args, "config", None) and Path(args.config).is_file():
+        configured = load_config(args.config).backend
+        if configured:
+            return configured
+    return chosen()
+
+
+def _driver(args, name: str | None = None) -> Backend:
+    """The backend VM ``name`` (default: the command's VM) was created with; for new VMs, the chosen one."""
+    name = name or getattr(args, "name", None)
+    storage = Path(args.storage) if args.storage else None
+    if name and storage is not None and recorded_backend(storage / name):
+        return backend_for(storage, name, quiet=args.quiet)
+    backend = open_backend(_backend_name(args), storage, quiet=args.quiet)
+    if name and recorded_backend(backend.storage / name):
+        return backend_for(backend.storage, name, quiet=args.quiet)
+    return backend
 
 
 def _config_names(args, config) -> list[str]:
@@ -294,7 +313,7 @@ def cmd_vm_exec(args) -> int:
     return result.exit_code
 
 
-def _target(args) -> tuple[QemuBackend, str]:
+def _target(args) -> tuple[Backend, str]:
     """A VM name in the storage, or a daemon lease id (its first VM)."""
     client = _remote()
     if client and not (_storage(args) / args.name / "vm.json").exists():
@@ -303,7 +322,7 @@ def _target(args) -> tuple[QemuBackend, str]:
         except errors.NotFound:
             vms = None
         if vms:
-            return get_driver("qemu", storage=Path(vms[0]["storage"]), quiet=args.quiet), vms[0]["name"]
+            return backend_for(Path(vms[0]["storage"]), vms[0]["name"], quiet=args.quiet), vms[0]["name"]
     return _driver(args), args.name
 
 
@@ -790,6 +809,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES)
     p.add_argument("--storage", type=Path, help="folder holding VM disks and sockets "
                    "(default: $VMFIXTURES_STATE_DIR/vms or ~/.local/state/vmfixtures/vms)")
+    p.add_argument("--backend", help="where new VMs run: qemu (default), libvirt or multipass "
+                   "(default: $VMFIXTURES_BACKEND, else the config's defaults.backend); existing VMs "
+                   "always use the backend they were created with")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     sub = p.add_subparsers(dest="group", required=True, metavar="COMMAND")
 

@@ -97,8 +97,8 @@ class Client:
     def vm(self, action: str, storage: Path, **fields) -> dict:
         return self.request("POST", f"/v1/vms/{action}", {"storage": str(storage), **fields})
 
-    def create(self, storage: Path, spec: dict, lease: str | None = None) -> dict:
-        return self.vm("create", storage, spec=spec, lease=lease)
+    def create(self, storage: Path, spec: dict, lease: str | None = None, backend: str | None = None) -> dict:
+        return self.vm("create", storage, spec=spec, lease=lease, backend=backend)
 
     def gc(self) -> list[str]:
         return self.request("POST", "/v1/gc")["reclaimed"]

@@ -33,7 +33,8 @@ import psutil
 
 from .daemon.ledger import Ledger
 from .procs import ProcessId
-from .backends.qemu import QemuBackend, orphan_qemus, orphan_run_dirs
+from .backends import open_backend
+from .backends.qemu import orphan_qemus, orphan_run_dirs
 from .errors import VmfError
 from .mounts import SSHFS, Mounts, kill_helpers
 
@@ -79,7 +80,7 @@ class Observer:
         self.passes = 0
 
     def storages(self) -> set[str]:
-        found = {str(self.home / "pool")}
+        found = {str(self.home / "pool"), str(self.home / "pool-libvirt")}
         for row in self.ledger.live_vms():
             found.add(row["storage"])
         return found
@@ -89,7 +90,7 @@ class Observer:
         live_rows = self.ledger.live_vms()
         owned_pids = set()
         for row in live_rows:
-            driver = QemuBackend(storage=Path(row["storage"]), quiet=True)
+            driver = _backend_of(row)
             label = _label(row)
             proc = driver.process(row["name"])
             if proc:
@@ -97,13 +98,14 @@ class Observer:
             if row["state"] in RUNNING_STATES and proc is None:
                 info = driver.run_info(row["name"]) or {}
                 findings.append(Finding("vm-not-running", label,
-                                        f"ledger state {row['state']}, QEMU pid {info.get('pid', '?')} is not running",
+                                        f"ledger state {row['state']}, its {driver.name} process pid "
+                                        f"{info.get('pid', '?')} is not running",
                                         "mark it stopped (`vmfixtures observe --fix`), then start or destroy it"))
             elif proc is not None and row["state"] in RUNNING_STATES:
-                status = _qmp_status(driver, row["name"])
+                status = driver.hypervisor_state(row["name"])
                 if status not in (None, "running"):
-                    findings.append(Finding("backend-state", label, f"ledger says {row['state']}, QMP status "
-                                            f"is {status!r}", "restart the VM, or destroy it"))
+                    findings.append(Finding("backend-state", label, f"ledger says {row['state']}, the "
+                                            f"{driver.name} backend says {status!r}", "restart the VM, or destroy it"))
             if proc is not None and row["state"] == "leased":
                 findings += self._check_mounts(driver, row)
             lease = self.ledger.lease(row["lease_id"]) if row["lease_id"] else None
@@ -123,6 +125,8 @@ class Observer:
                                     f"runs in {cwd} with no ledger row: {' '.join(proc.cmdline()[:3])}",
                                     "kill it (`vmfixtures observe --fix`)"))
         findings += self._orphan_files(storages, live_rows)
+        if any(r["backend"] == "libvirt" for r in live_rows) or (self.home / "pool-libvirt").exists():
+            findings += _stray_domains(storages, live_rows)
         for d in orphan_run_dirs():
             findings.append(Finding("orphan-socket", str(d), f"socket folder of {(d / 'vm_dir').read_text()}, "
                                     "which no longer exists", "remove it (`vmfixtures observe --fix`)"))
@@ -211,13 +215,18 @@ class Observer:
                         self.ledger.update_vm(row["id"], state="stopped")
                         self.ledger.end_processes(row["id"])
                         done.append(f"marked {row['name']} stopped")
+            elif f.type == "stray-domain":
+                from .backends.libvirt import destroy_domain
+
+                if destroy_domain(f.object.split()[-1]):
+                    done.append(f"destroyed {f.object}")
             elif f.type == "tunnel-down":
                 self.ledger.tunnel_down(int(f.object.split()[1]))
                 done.append(f"marked {f.object} down")
             elif f.type == "lease-expired-alive":
                 for row in self.ledger.live_vms():
                     if f.object == _label(row):
-                        QemuBackend(storage=Path(row["storage"]), quiet=True).destroy(row["name"])
+                        _backend_of(row).destroy(row["name"])
                         self.ledger.vm_destroyed(row["id"])
                         done.append(f"destroyed {row['name']} (its lease had ended)")
             elif f.type == "mount-missing":
@@ -244,12 +253,32 @@ def _tunnel_alive(tunnel: dict) -> bool:
     return ProcessId(tunnel["pid"], tunnel["create_time"]).alive()
 
 
-def _qmp_status(driver: QemuBackend, name: str) -> str | None:
+def _backend_of(row: dict):
+    return open_backend(row.get("backend") or "qemu", Path(row["storage"]), quiet=True)
+
+
+def _stray_domains(storages: set[str], live_rows: list[dict]) -> list[Finding]:
+    """libvirt domains with our prefix that no live VM of the ledger accounts for."""
+    from .backends.libvirt import our_domains
+
+    claimed = set()
+    for row in live_rows:
+        if row["backend"] == "libvirt":
+            meta = _backend_of(row)._meta_or_none(row["name"])
+            if meta:
+                claimed.add(meta["domain"])
+    findings = []
     try:
-        with driver._qmp(name) as qmp:
-            return qmp.cmd("query-status")["status"]
-    except (VmfError, OSError, Exception):  # QMP busy or going away: not evidence either way
-        return None
+        domains = our_domains()
+    except VmfError:
+        return findings  # libvirtd unreachable: the VMs' own checks say what that means
+    for domain, storage, name in domains:
+        if domain in claimed or (storage is not None and storage not in storages):
+            continue
+        findings.append(Finding("stray-domain", f"libvirt domain {domain}",
+                                f"carries the project's prefix (VM {name or '?'} in {storage or '?'}) but no "
+                                "live VM of the ledger is it", "destroy it (`vmfixtures observe --fix`)"))
+    return findings
 
 
 def describe(report: dict) -> str:

@@ -20,7 +20,8 @@ import psutil
 
 from . import paths
 from .errors import NotFound
-from .backends.qemu import QemuBackend, clear_run_dir, our_qemu_processes, run_dirs_of
+from .backends import Backend, backend_for, chosen, open_backend, recorded_backend
+from .backends.qemu import clear_run_dir, our_qemu_processes, run_dirs_of
 from .procs import kill, live_process
 
 
@@ -30,29 +31,33 @@ class Leftovers:
 
     processes: list[int] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
+    domains: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.processes or self.files)
+        return bool(self.processes or self.files or self.domains)
 
     def __str__(self) -> str:
-        return f"QEMU pids {self.processes}, files {self.files}"
+        text = f"VM process pids {self.processes}, files {self.files}"
+        return text + (f", libvirt domains {self.domains}" if self.domains else "")
 
 
 class RunScope:
     """Owns the storage folder of one test run."""
 
-    def __init__(self, root: Path | None = None, quiet: bool = True):
+    def __init__(self, root: Path | None = None, quiet: bool = True, backend: str | None = None):
         self.root = Path(root) if root else paths.state_dir() / "spec-runs"
         self.id = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
         self.dir = self.root / self.id
         self.quiet = quiet
+        self.backend = chosen(backend)
 
     @property
     def storage(self) -> Path:
         return self.dir / "vms"
 
-    def driver(self) -> QemuBackend:
-        return QemuBackend(storage=self.storage, quiet=self.quiet)
+    def driver(self) -> Backend:
+        """The backend this run creates its VMs on."""
+        return open_backend(self.backend, self.storage, quiet=self.quiet)
 
     def start(self) -> list[str]:
         """Reap what dead runs left behind, then claim a fresh folder. Returns what was reaped."""
@@ -87,7 +92,7 @@ class RunScope:
     def leftovers(self) -> Leftovers:
         procs = [p.pid for p in our_qemu_processes(self.storage)]
         files = [str(p) for p in self.storage.rglob("*")] if self.storage.exists() else []
-        return Leftovers(procs, files + [str(d) for d in run_dirs_of(self.storage)])
+        return Leftovers(procs, files + [str(d) for d in run_dirs_of(self.storage)], _domains_of(self.storage, self.backend))
 
     def finish(self) -> Leftovers:
         """Destroy everything and remove the run's folder. Idempotent."""
@@ -100,11 +105,10 @@ class RunScope:
     def _destroy_all(storage: Path, quiet: bool = True) -> list[str]:
         if not storage.is_dir():
             return []
-        driver = QemuBackend(storage=storage, quiet=quiet)
-        names = driver.names()
+        names = [d.name for d in sorted(storage.iterdir()) if recorded_backend(d)]
         for name in names:
             try:
-                driver.destroy(name)
+                backend_for(storage, name, quiet=quiet).destroy(name)
             except NotFound:
                 pass  # destroyed meanwhile by another reaper
         for proc in our_qemu_processes(storage):  # QEMU whose folder is already gone
@@ -118,3 +122,13 @@ class RunScope:
         for run_dir in run_dirs_of(storage):  # socket folders whose VM folder is gone
             shutil.rmtree(run_dir, ignore_errors=True)
         return names
+
+
+def _domains_of(storage: Path, backend: str) -> list[str]:
+    """libvirt domains of ours still running for VMs under ``storage`` (only asked where libvirt is in use)."""
+    if backend != "libvirt":
+        return []
+    from .backends.libvirt import our_domains
+
+    where = str(Path(storage).resolve())
+    return [d for d, s, _ in our_domains() if s == where]

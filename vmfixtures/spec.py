@@ -123,6 +123,7 @@ class Config:
     mounts: list[MountSpec] = field(default_factory=list)
     agents: dict[str, AgentSpec] = field(default_factory=dict)
     forwards: list[ForwardSpec] = field(default_factory=list)
+    backend: str | None = None  # defaults.backend: where new VMs of this project run
 
     def mount(self, source: str) -> MountSpec:
         """The mount entry whose source is ``source`` (as written, or the same folder)."""
@@ -215,6 +216,8 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(f"{path}: config file not found") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})") from None
     try:
         lines = _Lines(yaml.compose(text))
         data = yaml.safe_load(text)
@@ -242,10 +245,31 @@ def load_config(path: str | Path) -> Config:
         config.mounts = parse_mounts(data.get("mounts"), config)
         config.agents = parse_agents(data.get("agents"), config.folder)
         config.forwards = parse_forwards(data.get("forwards"), config)
+        config.backend = parse_defaults(data.get("defaults")).get("backend")
     except ConfigError as exc:
         field_path = str(exc).split(":", 1)[0].replace("[", ".").replace("]", "").split(".")
         raise ConfigError(f"{path}:{lines.line(*field_path)}: {exc}") from None
     return config
+
+
+DEFAULT_FIELDS = {"backend"}
+
+
+def parse_defaults(raw: Any) -> dict[str, Any]:
+    """The ``defaults`` section: project-wide settings (today: ``backend``)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError("defaults: expected a mapping (e.g. backend: libvirt)")
+    for key in raw:
+        if key not in DEFAULT_FIELDS:
+            raise ConfigError(f"defaults.{key}: unknown setting (allowed: {', '.join(sorted(DEFAULT_FIELDS))})")
+    if "backend" in raw:
+        from .backends import NAMES
+
+        if raw["backend"] not in NAMES:
+            raise ConfigError(f"defaults.backend: unknown backend {raw['backend']!r} (known: {', '.join(NAMES)})")
+    return dict(raw)
 
 
 MOUNT_FIELDS = {"source", "target", "vm", "backup", "interval"}

@@ -94,7 +94,8 @@ class Project:
         self.config_path.write_text(text)
 
     def _env(self) -> dict:
-        env = dict(os.environ, VMFIXTURES_STATE_DIR=str(self.scope.dir), VMFIXTURES_OWNER_PID=str(os.getpid()))
+        env = dict(os.environ, VMFIXTURES_STATE_DIR=str(self.scope.dir), VMFIXTURES_OWNER_PID=str(os.getpid()),
+                   VMFIXTURES_BACKEND=self.scope.backend)
         if self.lease:
             env["VMFIXTURES_LEASE"] = self.lease
         return env
@@ -204,7 +205,8 @@ class Fixtures:
                     raise r
             return [{"name": r.name, "status": r.status, "source": "boot"} for r in results]
         with ThreadPoolExecutor(max_workers=max(1, len(specs))) as pool:
-            return list(pool.map(lambda s: self.client.create(self.scope.storage, s.to_dict(), lease), specs))
+            return list(pool.map(lambda s: self.client.create(self.scope.storage, s.to_dict(), lease,
+                                                              self.scope.backend), specs))
 
 
 @dataclass
@@ -236,7 +238,8 @@ def spawn_runner(project: Project, name: str, ttl: float, state_dir: Path | None
     """Start a separate process that leases VM ``name`` of the project config and holds it.
 
     ``state_dir`` gives the runner storage of its own (default: the run's)."""
-    env = dict(os.environ, VMFIXTURES_STATE_DIR=str(state_dir or project.scope.dir))
+    env = dict(os.environ, VMFIXTURES_STATE_DIR=str(state_dir or project.scope.dir),
+               VMFIXTURES_BACKEND=project.scope.backend)
     env.pop("VMFIXTURES_LEASE", None)
     argv = ["lease", "hold", name, "-c", str(project.config_path), "--ttl", str(ttl)]
     proc = subprocess.Popen([sys.executable, "-m", "vmfixtures", "--quiet", *argv], cwd=project.folder, env=env,

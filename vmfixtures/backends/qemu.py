@@ -606,6 +606,14 @@ class QemuBackend(Backend):
         leftovers = [str(vm_dir)] if vm_dir.exists() else []
         return DestroyProof(name, info["pid"] if info else None, gone, files, leftovers)
 
+    def hypervisor_state(self, name: str) -> str | None:
+        """What QEMU says the guest is doing ('running', 'paused', ...), None when it cannot be asked."""
+        try:
+            with self._qmp(name) as qmp:
+                return qmp.cmd("query-status")["status"]
+        except (VmfError, OSError, Exception):  # QMP busy or going away: not evidence either way
+            return None
+
     def running_accel(self, name: str) -> str:
         """The accelerator the running QEMU itself reports (QMP query-kvm): 'kvm' or 'tcg'."""
         with self._qmp(name) as qmp:
@@ -669,30 +677,49 @@ class QemuBackend(Backend):
 
 
 def our_qemu_processes(storage: Path | None = None) -> list[psutil.Process]:
-    """QEMU processes carrying our name prefix (optionally: started from ``storage``)."""
+    """QEMU processes carrying our name prefix (optionally: of VMs under ``storage``).
+
+    A VM's home is told by facts of the process, whichever backend started it:
+    its working folder (direct QEMU runs in the VM's folder) or an open file
+    under ``storage`` (libvirt's QEMU runs in / but holds the VM's disk open;
+    after a pool hand-off renamed the folder, the kernel shows the new path)."""
     found = []
-    for proc in psutil.process_iter(["cmdline", "cwd"]):
+    for proc in psutil.process_iter(["cmdline"]):
         cmd = proc.info["cmdline"] or []
         if not any(a.startswith(f"guest={PREFIX}") for a in cmd):
             continue
-        if storage is not None and not str(proc.info.get("cwd") or "").startswith(str(storage)):
+        if storage is not None and not vm_home(proc, [storage]):
             continue
         found.append(proc)
     return found
 
 
+def vm_home(proc: psutil.Process, storages) -> str | None:
+    """The folder under one of ``storages`` that QEMU process ``proc`` works in or holds a file of."""
+    prefixes = [str(Path(s).resolve()) + "/" for s in storages]
+    try:
+        cwd = proc.cwd() + "/"
+        if any(cwd.startswith(p) for p in prefixes):
+            return cwd.rstrip("/")
+        for f in proc.open_files():
+            if any(f.path.startswith(p) for p in prefixes):
+                return str(Path(f.path).parent)
+    except psutil.Error:
+        return None
+    return None
+
+
 
 
 def orphan_qemus(storages, known_pids) -> list[tuple[psutil.Process, str]]:
-    """(process, working folder) of our QEMUs running under ``storages`` whose pid is not known."""
+    """(process, VM folder) of our QEMUs of VMs under ``storages`` whose pid is not known."""
     found = []
     for proc in our_qemu_processes():
-        try:
-            cwd = proc.cwd()
-        except psutil.Error:
+        if proc.pid in known_pids:
             continue
-        if proc.pid not in known_pids and any(cwd.startswith(str(s)) for s in storages):
-            found.append((proc, cwd))
+        home = vm_home(proc, storages)
+        if home:
+            found.append((proc, home))
     return found
 
 

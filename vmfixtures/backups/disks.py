@@ -34,6 +34,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from ..backends.base import DIRTY_BITMAPS
 from ..backends.qemu import qmp_events
 from ..errors import ConfigError, GuestError, MissingDependency, NotFound, Timeout, VmfError
 from ..files import write_atomically
@@ -117,6 +118,7 @@ def _run_job(qmp, actions: list[dict], job: str, timeout: float) -> None:
 def backup(driver, name: str, dest: Path, full: bool = False, group_by: str = "month") -> dict:
     """Back up VM ``name``'s disk: incremental into this period's chain, else full into a new one."""
     spec = driver.spec(name)  # NotFound for an unknown VM
+    driver.require(DIRTY_BITMAPS, "a disk backup")
     period = period_name(datetime.now(), group_by)
     if not driver.process(name):
         raise GuestError(f"VM '{name}' is not running; disk backups are taken from a running VM")
@@ -198,6 +200,7 @@ def prune(dest: Path, keep: int, dry_run: bool = False) -> list[Path]:
 def scrub(driver, name: str) -> bool:
     """Remove the backup bitmap from the VM's disk; True if there was one. The next backup is full."""
     driver.spec(name)
+    driver.require(DIRTY_BITMAPS, "scrubbing a backup bitmap")
     if not driver.process(name):
         raise GuestError(f"VM '{name}' is not running")
     with driver._qmp(name) as qmp:

@@ -32,7 +32,8 @@ CREATE TABLE IF NOT EXISTS vms(
   pool_key TEXT, lease_id TEXT REFERENCES leases(id),
   state TEXT NOT NULL,                 -- creating | pooled | leased | stopped | destroying | destroyed
   source TEXT,                         -- pool | restore | boot
-  created_at REAL NOT NULL, updated_at REAL NOT NULL);
+  created_at REAL NOT NULL, updated_at REAL NOT NULL,
+  backend TEXT NOT NULL DEFAULT 'qemu'); -- qemu | libvirt | multipass
 CREATE UNIQUE INDEX IF NOT EXISTS vms_live ON vms(storage, name) WHERE state != 'destroyed';
 CREATE TABLE IF NOT EXISTS processes(
   pid INTEGER NOT NULL, create_time REAL NOT NULL, vm_id INTEGER REFERENCES vms(id),
@@ -73,6 +74,8 @@ class Ledger:
             columns = {r[1] for r in self._db.execute("PRAGMA table_info(tunnels)")}
             if "create_time" not in columns:  # a ledger from before tunnels were supervised
                 self._db.execute("ALTER TABLE tunnels ADD COLUMN create_time REAL")
+            if "backend" not in {r[1] for r in self._db.execute("PRAGMA table_info(vms)")}:  # before backends
+                self._db.execute("ALTER TABLE vms ADD COLUMN backend TEXT NOT NULL DEFAULT 'qemu'")
 
     def _exec(self, sql: str, args: tuple = ()) -> sqlite3.Cursor:
         with self._lock:
@@ -124,12 +127,12 @@ class Ledger:
 
     # -- VMs -------------------------------------------------------------
     def add_vm(self, storage: str, name: str, spec: dict, state: str, lease_id: str | None = None,
-               pool_key: str | None = None, source: str | None = None) -> int:
+               pool_key: str | None = None, source: str | None = None, backend: str = "qemu") -> int:
         now = time.time()
         try:
             cur = self._exec("INSERT INTO vms(storage, name, spec, pool_key, lease_id, state, source, created_at,"
-                             " updated_at) VALUES (?,?,?,?,?,?,?,?,?)",
-                             (storage, name, json.dumps(spec), pool_key, lease_id, state, source, now, now))
+                             " updated_at, backend) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                             (storage, name, json.dumps(spec), pool_key, lease_id, state, source, now, now, backend))
         except sqlite3.IntegrityError:  # the unique (storage, name) index: someone else claimed it first
             raise Mismatch(f"VM '{name}' already exists or is being created in {storage}") from None
         return int(cur.lastrowid)

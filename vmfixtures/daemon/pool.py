@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-from ..backends.qemu import QemuBackend
+from ..backends import Backend, open_backend
+from ..backends.base import MEMORY_SNAPSHOTS
 from ..errors import VmfError
 from ..spec import VMSpec
 from .ledger import Ledger
@@ -40,9 +41,11 @@ class Placed:
     source: str  # pool | restore | boot
 
 
-def pool_key(spec: VMSpec, image_key: str) -> str:
-    body = json.dumps({"image": image_key, "cpus": spec.cpus, "memory": spec.memory, "disk": spec.disk,
-                       "image_name": spec.image}, sort_keys=True)
+def pool_key(spec: VMSpec, image_key: str, backend: str = "qemu") -> str:
+    fields = {"image": image_key, "cpus": spec.cpus, "memory": spec.memory, "disk": spec.disk, "image_name": spec.image}
+    if backend != "qemu":  # qemu's keys predate backends; keep them valid
+        fields["backend"] = backend
+    body = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(body.encode()).hexdigest()[:12]
 
 
@@ -54,22 +57,35 @@ class Pool:
         self.ledger = ledger
         self.idle_per_spec = idle_per_spec
         self.max_idle = max_idle
-        self.driver = QemuBackend(storage=self.home / "pool", quiet=quiet)
+        self.quiet = quiet
+        self._backends: dict[str, Backend] = {}
+        self.driver = self.backend("qemu")
         self.snapshots = self.home / "snapshots"
         self._lock = threading.Lock()
         self._refill_lock = threading.Lock()
         self.closed = False
         self._snap_locks: dict[str, threading.Lock] = {}
         self._counter = 0
-        self.specs: dict[str, VMSpec] = {}  # specs seen, so refills know what to restore
+        self.specs: dict[str, tuple[VMSpec, str]] = {}  # specs (and backends) seen, so refills know what to restore
 
-    def key(self, spec: VMSpec) -> str:
-        return pool_key(spec, self.driver.image().key)
+    def backend(self, kind: str) -> Backend:
+        """The pool's own storage on backend ``kind`` (idle VMs and templates live there)."""
+        if kind not in self._backends:
+            folder = self.home / ("pool" if kind == "qemu" else f"pool-{kind}")
+            self._backends[kind] = open_backend(kind, folder, quiet=self.quiet)
+        return self._backends[kind]
+
+    def storages(self) -> list[Path]:
+        return [b.storage for b in self._backends.values()]
+
+    def key(self, spec: VMSpec, kind: str = "qemu") -> str:
+        return pool_key(spec, self.driver.image().key, kind)
 
     # -- snapshots ---------------------------------------------------------
-    def snapshot_for(self, spec: VMSpec) -> tuple[Path, bool]:
-        """The snapshot for ``spec`` (and whether it had to be made now)."""
-        key = self.key(spec)
+    def snapshot_for(self, spec: VMSpec, kind: str = "qemu") -> tuple[Path, bool]:
+        """The snapshot for ``spec`` on backend ``kind`` (and whether it had to be made now)."""
+        key = self.key(spec, kind)
+        driver = self.backend(kind)
         final = self.snapshots / key
         with self._lock:
             lock = self._snap_locks.setdefault(key, threading.Lock())
@@ -80,16 +96,18 @@ class Pool:
             template = VMSpec(name=name, cpus=spec.cpus, memory=spec.memory, disk=spec.disk, image=spec.image)
             tmp = self.snapshots / f"{key}.partial"
             shutil.rmtree(tmp, ignore_errors=True)
-            vm_id = self.ledger.add_vm(str(self.driver.storage), name, template.to_dict(), "creating", source="boot")
+            vm_id = self.ledger.add_vm(str(driver.storage), name, template.to_dict(), "creating", source="boot",
+                                       backend=kind)
             try:
-                self.driver.create(template)
-                self._record_process(vm_id, self.driver, name)
-                self.driver.snapshot(name, tmp)
+                driver.create(template)
+                self._record_process(vm_id, driver, name)
+                driver.snapshot(name, tmp)
+                _write_backend(tmp, kind)
                 os.rename(tmp, final)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
-                if self.driver.state(name).value != "missing":
-                    self.driver.destroy(name)
+                if driver.state(name).value != "missing":
+                    driver.destroy(name)
                 raise
             finally:
                 self.ledger.update_vm(vm_id, state="destroyed")
@@ -99,17 +117,18 @@ class Pool:
             return final, True
 
     # -- idle VMs ------------------------------------------------------------
-    def _record_process(self, vm_id: int, driver: QemuBackend, name: str) -> None:
-        info = driver.run_info(name)
-        if info:
-            self.ledger.add_process(info["pid"], info["create_time"], vm_id)
+    def _record_process(self, vm_id: int, driver: Backend, name: str) -> None:
+        pid = driver.process_id(name)
+        if pid:
+            self.ledger.add_process(pid.pid, pid.started, vm_id)
 
-    def restore(self, driver: QemuBackend, spec: VMSpec, lease_id: str | None, owner_pid: int | None,
+    def restore(self, driver: Backend, spec: VMSpec, lease_id: str | None, owner_pid: int | None,
                 state: str, pool_key_: str | None = None) -> Placed:
         """Restore ``spec`` from its snapshot into ``driver``'s storage (recorded before acting)."""
-        snap, made = self.snapshot_for(spec)
+        driver.require(MEMORY_SNAPSHOTS, "a VM from the warm pool")
+        snap, made = self.snapshot_for(spec, driver.name)
         vm_id = self.ledger.add_vm(str(driver.storage), spec.name, spec.to_dict(), "creating", lease_id=lease_id,
-                                   pool_key=pool_key_, source="boot" if made else "restore")
+                                   pool_key=pool_key_, source="boot" if made else "restore", backend=driver.name)
         try:
             self.ledger.add_disk(str(driver.vm_dir(spec.name) / "disk.qcow2"), vm_id, "overlay")  # before it exists
             boot = driver.create_from_snapshot(spec, snap, owner_pid)
@@ -141,7 +160,7 @@ class Pool:
 
     def _refill(self) -> int:
         made = 0
-        for key, spec in list(self.specs.items()):
+        for key, (spec, kind) in list(self.specs.items()):
             while not self.closed:
                 idle = self.ledger.live_vms(state="pooled")
                 if len(idle) >= self.max_idle or sum(1 for v in idle if v["pool_key"] == key) >= self.idle_per_spec:
@@ -150,21 +169,24 @@ class Pool:
                     self._counter += 1
                     name = f"p{os.getpid() % 1000}-{key[:8]}-{self._counter}"
                 pooled = VMSpec(name=name, cpus=spec.cpus, memory=spec.memory, disk=spec.disk, image=spec.image)
-                self.restore(self.driver, pooled, None, None, "pooled", key)
+                self.restore(self.backend(kind), pooled, None, None, "pooled", key)
                 made += 1
         return made
 
-    def take(self, spec: VMSpec, storage: Path, lease_id: str | None, owner_pid: int | None) -> Placed | None:
+    def take(self, spec: VMSpec, storage: Path, lease_id: str | None, owner_pid: int | None,
+             kind: str = "qemu") -> Placed | None:
         """Hand an idle VM over as ``spec.name`` in ``storage``, or None if none is idle for this spec."""
-        key = self.key(spec)
-        self.specs.setdefault(key, spec)
+        if not self.backend(kind).supports(MEMORY_SNAPSHOTS):
+            return None
+        key = self.key(spec, kind)
+        self.specs.setdefault(key, (spec, kind))
         with self._lock:
             idle = [v for v in self.ledger.live_vms(state="pooled") if v["pool_key"] == key]
             if not idle:
                 return None
             row = idle[0]
             self.ledger.update_vm(row["id"], state="leased", lease_id=lease_id)  # claimed before it moves
-        src = self.driver.vm_dir(row["name"])
+        src = self.backend(kind).vm_dir(row["name"])
         dst = Path(storage) / spec.name
         try:
             dst.parent.mkdir(parents=True, exist_ok=True)
@@ -177,7 +199,7 @@ class Pool:
         target = dst / "run"
         if target.is_symlink():
             (Path(os.readlink(target)) / "vm_dir").write_text(str(dst.resolve()))
-        driver = QemuBackend(storage=Path(storage), quiet=True)
+        driver = open_backend(kind, Path(storage), quiet=True)
         driver.claim(spec.name, spec, owner_pid)
         self.ledger.update_vm(row["id"], source="pool")
         try:
@@ -194,8 +216,9 @@ class Pool:
         gone = []
         for row in self.ledger.live_vms(state="pooled"):
             self.ledger.update_vm(row["id"], state="destroying")
-            if self.driver.state(row["name"]).value != "missing":
-                self.driver.destroy(row["name"])
+            driver = self.backend(row["backend"])
+            if driver.state(row["name"]).value != "missing":
+                driver.destroy(row["name"])
             self.ledger.vm_destroyed(row["id"])
             gone.append(row["name"])
         return gone
@@ -215,11 +238,20 @@ class Pool:
                 continue
             snap = json.loads(meta.read_text())
             spec = VMSpec.from_dict(snap["spec"])
-            if snap["image"] != image_key or self.key(spec) != d.name:
+            kind = snap.get("backend", "qemu")
+            if snap["image"] != image_key or self.key(spec, kind) != d.name:
                 shutil.rmtree(d, ignore_errors=True)
                 self.ledger.remove_disk_path(str(d / "disk.qcow2"))
                 gone.append(f"stale snapshot {d} (image {snap['image']}, now {image_key})")
                 continue
-            self.specs.setdefault(d.name, spec)
+            self.specs.setdefault(d.name, (spec, kind))
         return gone
+
+
+def _write_backend(snapshot: Path, kind: str) -> None:
+    """Note in snapshot.json which backend's memory format the snapshot holds."""
+    meta = snapshot / "snapshot.json"
+    data = json.loads(meta.read_text())
+    data["backend"] = kind
+    meta.write_text(json.dumps(data, indent=2) + "\n")
 

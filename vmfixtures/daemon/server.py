@@ -153,7 +153,8 @@ class Daemon:
         s = self.service
         storage = _field(b, "storage", str)
         if action == "create":
-            result = await self._run(s.create, storage, _field(b, "spec", dict), _field(b, "lease", str, False))
+            result = await self._run(s.create, storage, _field(b, "spec", dict), _field(b, "lease", str, False),
+                                     _field(b, "backend", str, False))
             self._refill_soon()
             return web.json_response(result, status=201 if result["status"] == "created" else 200)
         if action == "create_from_disk":

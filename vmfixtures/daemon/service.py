@@ -15,7 +15,9 @@ from pathlib import Path
 
 import psutil
 
-from ..backends.qemu import QemuBackend, orphan_qemus, orphan_run_dirs
+from .. import backends
+from ..backends import Backend, open_backend
+from ..backends.qemu import orphan_qemus, orphan_run_dirs
 from ..procs import live_process
 from ..errors import ConfigError, NotFound
 from ..spec import check_name, parse_vm
@@ -84,14 +86,20 @@ class FixtureService:
         lease["vms"] = [self.describe_vm(v) for v in self.ledger.live_vms(lease_id=lease_id)]
         return lease
 
+    @staticmethod
+    def backend_of(row: dict) -> Backend:
+        """The backend a ledger row's VM runs on."""
+        return open_backend(row.get("backend") or "qemu", Path(row["storage"]), quiet=True)
+
     def describe_vm(self, row: dict) -> dict:
-        driver = QemuBackend(storage=Path(row["storage"]), quiet=True)
+        driver = self.backend_of(row)
         info = driver.run_info(row["name"]) or {}
         state = driver.state(row["name"]).value
         return {"id": row["id"], "storage": row["storage"], "name": row["name"], "lease": row["lease_id"],
                 "ledger_state": row["state"], "state": state, "source": row["source"],
                 "spec": json.loads(row["spec"]), "pid": info.get("pid") if state == "running" else None,
-                "ssh_port": info.get("ssh_port") if state == "running" else None, "accel": info.get("accel")}
+                "ssh_port": info.get("ssh_port") if state == "running" else None, "accel": info.get("accel"),
+                "backend": driver.name}
 
     def wait_lease_end(self, lease_id: str, timeout: float) -> dict:
         """Block until the lease has ended (or ``timeout``); returns the lease."""
@@ -146,8 +154,9 @@ class FixtureService:
             raise NotFound(f"no active lease '{lease_id}'")
         return lease
 
-    def create(self, storage: str, spec_body: dict, lease_id: str | None) -> dict:
-        """Create VM ``spec.name`` in ``storage`` (pool hand-off, else restore): the CLI's `vm create`."""
+    def create(self, storage: str, spec_body: dict, lease_id: str | None, backend: str | None = None) -> dict:
+        """Create VM ``spec.name`` in ``storage`` on ``backend`` (pool hand-off, else restore, else boot):
+        the CLI's `vm create`."""
         if not isinstance(spec_body, dict) or "name" not in spec_body:
             raise ConfigError("spec: expected a mapping with a 'name'")
         body = dict(spec_body)
@@ -158,16 +167,36 @@ class FixtureService:
         storage_path = Path(storage)
         if not storage_path.is_absolute():
             raise ConfigError(f"storage: {storage!r} must be an absolute path")
-        driver = QemuBackend(storage=storage_path, quiet=True)
+        kind = backends.chosen(backend, "backend")
+        driver = backends.backend_for(storage_path, name, kind)
         with self._vm_lock:
-            if (driver.vm_dir(name) / "vm.json").is_file():
+            if backends.recorded_backend(storage_path / name):
                 result = driver.create(spec, start=False)  # "exists", or Mismatch naming each field
                 return {"status": "exists", "source": None, "state": result.state.value, "name": name}
-            placed = self.pool.take(spec, storage_path, lease_id, owner)
+            placed = self.pool.take(spec, storage_path, lease_id, owner, kind)
         if placed is None:
-            placed = self.pool.restore(driver, spec, lease_id, owner, "leased")
+            placed = self._place(driver, spec, lease_id, owner)
         self.ledger.event("vm-create", f"{storage}/{name}", {"source": placed.source, "lease": lease_id})
         return {"status": "created", "source": placed.source, "state": "running", "name": name}
+
+    def _place(self, driver: Backend, spec, lease_id: str | None, owner: int | None):
+        """Restore from the pool's snapshot, or boot where the backend has no memory snapshots."""
+        if driver.supports(backends.base.MEMORY_SNAPSHOTS):
+            return self.pool.restore(driver, spec, lease_id, owner, "leased")
+        from .pool import Placed
+
+        vm_id = self.ledger.add_vm(str(driver.storage), spec.name, spec.to_dict(), "creating", lease_id=lease_id,
+                                   source="boot", backend=driver.name)
+        try:
+            driver.create(spec, owner_pid=owner)
+        except BaseException:
+            self.ledger.vm_destroyed(vm_id)
+            raise
+        pid = driver.process_id(spec.name)
+        if pid:
+            self.ledger.add_process(pid.pid, pid.started, vm_id)
+        self.ledger.update_vm(vm_id, state="leased")
+        return Placed(driver.storage, spec.name, vm_id, "boot")
 
     def create_from_disk(self, storage: str, spec_body: dict, disk: str, lease_id: str | None) -> dict:
         """Adopt a standalone disk (a restored backup) as VM ``spec.name``, recorded before it boots."""
@@ -177,8 +206,9 @@ class FixtureService:
         lease = self._lease_for(lease_id)
         if not Path(disk).is_file():
             raise NotFound(f"disk {disk} does not exist")
-        driver = QemuBackend(storage=Path(storage), quiet=True)
-        vm_id = self.ledger.add_vm(storage, name, spec.to_dict(), "creating", lease_id=lease_id, source="backup")
+        driver = backends.backend_for(Path(storage), name)
+        vm_id = self.ledger.add_vm(storage, name, spec.to_dict(), "creating", lease_id=lease_id, source="backup",
+                                   backend=driver.name)
         self.ledger.add_disk(str(driver.vm_dir(name) / "disk.qcow2"), vm_id, "restored")
         try:
             driver.create_from_disk(spec, Path(disk), lease["owner_pid"] if lease else None)
@@ -201,14 +231,14 @@ class FixtureService:
 
     def stop(self, storage: str, name: str, timeout: float | None = None) -> dict:
         row = self._row(storage, name)
-        result = QemuBackend(storage=Path(storage), quiet=True).stop(name, timeout)
+        result = self.backend_of(row).stop(name, timeout)
         self.ledger.end_processes(row["id"])
         self.ledger.update_vm(row["id"], state="stopped")
         return {"graceful": result.graceful, "seconds": result.seconds}
 
     def start(self, storage: str, name: str) -> dict:
         row = self._row(storage, name)
-        driver = QemuBackend(storage=Path(storage), quiet=True)
+        driver = self.backend_of(row)
         m = driver.start(name)
         info = driver.run_info(name)
         self.ledger.add_process(info["pid"], info["create_time"], row["id"])
@@ -220,7 +250,7 @@ class FixtureService:
         return self._destroy_row(row)
 
     def _destroy_row(self, row: dict) -> dict:
-        driver = QemuBackend(storage=Path(row["storage"]), quiet=True)
+        driver = self.backend_of(row)
         with self._vm_lock:
             self.ledger.update_vm(row["id"], state="destroying")
             proof = None
@@ -255,10 +285,10 @@ class FixtureService:
     def reconcile(self) -> list[str]:
         """Compare the ledger with reality after a (re)start; reclaim what nothing owns."""
         reclaimed = self.reap()  # leases whose owner died while no daemon was watching
-        storages = {str(self.pool.driver.storage)}
+        storages = {str(s) for s in self.pool.storages()}
         for row in self.ledger.live_vms():
             storages.add(row["storage"])
-            driver = QemuBackend(storage=Path(row["storage"]), quiet=True)
+            driver = self.backend_of(row)
             lease = self.ledger.lease(row["lease_id"]) if row["lease_id"] else None
             if row["state"] in ("pooled", "creating", "destroying"):
                 pid = self._pid(driver, row["name"])
@@ -273,19 +303,23 @@ class FixtureService:
                 reclaimed.append(f"VM {row['name']} marked stopped (its QEMU is gone)")
         known = {p["pid"] for p in self.ledger.live_processes()}
         for row in self.ledger.live_vms():  # a VM restarted or restored outside the daemon has a new pid
-            info = QemuBackend(storage=Path(row["storage"]), quiet=True).run_info(row["name"])
+            info = self.backend_of(row).run_info(row["name"])
             if info:
                 known.add(info["pid"])
         for proc, cwd in orphan_qemus(storages, known):
             proc.kill()
             reclaimed.append(f"orphan QEMU pid {proc.pid} in {cwd}")
         reclaimed += self.pool.load_snapshots()
-        pool_dir = self.pool.driver.storage
-        if pool_dir.is_dir():
+        for pool_dir in self.pool.storages():
+            if not pool_dir.is_dir():
+                continue
             live = {r["name"] for r in self.ledger.live_vms() if r["storage"] == str(pool_dir)}
             for d in pool_dir.iterdir():
                 if d.name not in live:
-                    self.pool.driver.destroy(d.name) if (d / "vm.json").exists() else shutil.rmtree(d)
+                    if (d / "vm.json").exists():
+                        backends.backend_for(pool_dir, d.name).destroy(d.name)
+                    else:
+                        shutil.rmtree(d)
                     reclaimed.append(f"orphan folder {d}")
         for d in orphan_run_dirs():
             shutil.rmtree(d, ignore_errors=True)
@@ -295,7 +329,7 @@ class FixtureService:
         return reclaimed
 
     @staticmethod
-    def _pid(driver: QemuBackend, name: str):
+    def _pid(driver: Backend, name: str):
         info = driver.run_info(name)
         return info["pid"] if info else None
 
