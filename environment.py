@@ -28,6 +28,7 @@ from pathlib import Path
 from vmfixtures import backends, capabilities
 from vmfixtures.errors import VmfError
 from vmfixtures.client import Heartbeat, ensure_daemon
+from vmfixtures.conformance import Recorder
 from vmfixtures.procs import process_alive, wait_exit
 from vmfixtures.scope import RunScope
 from vmfixtures.testkit import Fixtures, Project
@@ -75,6 +76,7 @@ def before_all(context):
     backend = _userdata(context)
     os.environ["VMFIXTURES_BACKEND"] = backend  # the CLI and runners this run starts use it too
     context.scope = RunScope(quiet=False, backend=backend)
+    context.recorder = Recorder(backend, {"backend": backend, "product": "vmfixtures"})
     for line in context.scope.start():
         _say(f"reaped {line}")
     context.client = None
@@ -160,6 +162,15 @@ def before_scenario(context, scenario):
 
 
 def after_scenario(context, scenario):
+    try:
+        _after_scenario(context, scenario)
+    except Exception as exc:
+        context.recorder.add(scenario, error=f"{type(exc).__name__}: {exc}")
+        raise
+    context.recorder.add(scenario)
+
+
+def _after_scenario(context, scenario):
     if not hasattr(context, "fixtures"):
         return
     if scenario.status == "failed":
@@ -247,6 +258,8 @@ def after_all(context):
              f"{stats['drift']} pass(es) during drift scenarios")
         Path("reports").mkdir(exist_ok=True)
         Path("reports/observer.json").write_text(json.dumps(stats) + "\n")
+    if hasattr(context, "recorder"):
+        _say(f"conformance record: {context.recorder.write(Path('reports/conformance'))}")
     if hasattr(context, "scope"):
         leftovers = _finish(context)
         if leftovers:

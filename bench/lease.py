@@ -6,12 +6,13 @@ Uses a private daemon (own socket, ledger and pool in a temporary folder).
 agent: the request returns only then. Also prints the memory of idle pooled
 VMs (RSS and PSS of their QEMU processes).
 
-    python bench/lease.py [--runs 10]
+    python bench/lease.py [--runs 10] [--backend qemu,libvirt]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -20,11 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import psutil  # noqa: E402
-
 from bench.boot import pct, row  # noqa: E402
 from vmfixtures.client import Client, start_daemon  # noqa: E402
-from vmfixtures.backends.qemu import QemuBackend  # noqa: E402
+from vmfixtures.backends import open_backend  # noqa: E402
+from vmfixtures.backends.qemu import our_qemu_processes  # noqa: E402
 from vmfixtures.procs import wait_exit  # noqa: E402
 from vmfixtures.spec import VMSpec  # noqa: E402
 
@@ -41,77 +41,92 @@ def wait_idle(client: Client, n: int, timeout: float = 120) -> None:
         time.sleep(0.1)
 
 
+def measure(kind: str, runs: int, tmp: Path, client: Client) -> dict[str, list[float]]:
+    """Pooled lease, restore on demand and cold boot on backend ``kind``."""
+    storage = tmp / f"vms-{kind}"
+    spec = VMSpec("bench")
+    got: dict[str, list[float]] = {"pooled": [], "restored": [], "cold": [], "rss": [], "pss": []}
+    lease = client.open_lease(scope="run", ttl=None)
+    client.create(storage, spec.to_dict(), lease["id"], kind)  # first use: template boot + snapshot
+    client.vm("destroy", storage, name="bench")
+    driver = open_backend(kind, storage, quiet=True)
+    print(f"{kind}: accelerator {driver.accel().name} ({driver.accel().reason})", flush=True)
+    pool = tmp / "state" / "daemon" / ("pool" if kind == "qemu" else f"pool-{kind}")
+    for _ in range(runs):
+        wait_idle(client, 1)
+        for proc in our_qemu_processes(pool):
+            mem = proc.memory_full_info()
+            got["rss"].append(mem.rss)
+            got["pss"].append(mem.pss)
+        t = time.perf_counter()
+        r = client.create(storage, spec.to_dict(), lease["id"], kind)
+        got["pooled"].append(time.perf_counter() - t)
+        assert r["source"] == "pool", r
+        driver.machine("bench").succeed("true")
+        client.vm("destroy", storage, name="bench")
+    snapshot = next(d for d in (tmp / "state" / "daemon" / "snapshots").iterdir()
+                    if json.loads((d / "snapshot.json").read_text()).get("backend", "qemu") == kind)
+    for _ in range(runs):
+        t = time.perf_counter()
+        boot = driver.create_from_snapshot(VMSpec("restored"), snapshot)
+        driver.wait_restored("restored", boot)
+        got["restored"].append(time.perf_counter() - t)
+        driver.destroy("restored")
+    for _ in range(max(3, runs // 3)):
+        t = time.perf_counter()
+        driver.create(VMSpec("cold"))
+        got["cold"].append(time.perf_counter() - t)
+        driver.destroy("cold")
+    client.end_lease(lease["id"])
+    return got
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--backend", default="qemu", help="comma-separated backends to measure side by side "
+                    "(qemu, libvirt; the qemu figures are always taken as the baseline)")
     args = ap.parse_args()
+    kinds = ["qemu"] + [k for k in args.backend.split(",") if k != "qemu"]
+    for k in kinds:
+        if k not in ("qemu", "libvirt"):
+            raise SystemExit(f"--backend: {k!r} has no warm pool to measure (qemu, libvirt)")
     tmp = Path(tempfile.mkdtemp(prefix="vmfx-lease-"))
     os.environ["VMFIXTURES_STATE_DIR"] = str(tmp / "state")
     client = Client(tmp / "d.sock")
     start_daemon(client.socket_path, ["--idle", "1", "--max-idle", "1"])
-    storage = tmp / "vms"
-    spec = VMSpec("bench")
-    pooled, restored, cold, rss, pss = [], [], [], [], []
+    results = {}
     try:
-        lease = client.open_lease(scope="run", ttl=None)
-        client.create(storage, spec.to_dict(), lease["id"])  # first use: template boot + snapshot
-        client.vm("destroy", storage, name="bench")
-        driver = QemuBackend(storage=storage, quiet=True)
-        print(f"accelerator: {driver.accel().name} ({driver.accel().reason})")
-        for _ in range(args.runs):
-            wait_idle(client, 1)
-            for proc in _pooled_qemus(tmp):
-                mem = proc.memory_full_info()
-                rss.append(mem.rss)
-                pss.append(mem.pss)
-            t = time.perf_counter()
-            r = client.create(storage, spec.to_dict(), lease["id"])
-            pooled.append(time.perf_counter() - t)
-            assert r["source"] == "pool", r
-            driver.machine("bench").succeed("true")
-            client.vm("destroy", storage, name="bench")
-        snapshot = next((tmp / "state" / "daemon" / "snapshots").iterdir())
-        for _ in range(args.runs):
-            t = time.perf_counter()
-            boot = driver.create_from_snapshot(VMSpec("restored"), snapshot)
-            driver.wait_restored("restored", boot)
-            restored.append(time.perf_counter() - t)
-            driver.destroy("restored")
-        for _ in range(max(3, args.runs // 3)):
-            t = time.perf_counter()
-            driver.create(VMSpec("cold"))
-            cold.append(time.perf_counter() - t)
-            driver.destroy("cold")
+        for kind in kinds:
+            results[kind] = measure(kind, args.runs, tmp, client)
     finally:
         health = client.alive()
         client.shutdown()
         if health:
             wait_exit(health["pid"], 60)
 
-    print("VM ready for a scenario:")
-    print(row("lease from the pre-restored pool", pooled, "ms", 1000))
-    print(row("restore on demand (snapshot -> ready)", restored, "s"))
-    print(row("cold boot (baseline)", cold, "s"))
-    print(f"  cold boot / pooled lease: x{pct(cold, 50) / pct(pooled, 50):.0f}; "
-          f"cold boot / restore: x{pct(cold, 50) / pct(restored, 50):.1f}")
     mib = 1024 ** 2
-    print(f"memory per idle pooled VM (512 MiB guest): RSS p50 {pct(rss, 50) / mib:.0f} MiB, "
-          f"PSS p50 {pct(pss, 50) / mib:.0f} MiB (n={len(rss)})")
-    ok = [pct(pooled, 50) * 1000 <= TARGET_POOLED_MS, pct(restored, 50) <= TARGET_RESTORE_S,
-          pct(cold, 50) >= 10 * pct(pooled, 50)]
-    print(f"targets: pooled p50 <= {TARGET_POOLED_MS:.0f}ms {'MET' if ok[0] else 'MISSED'}; "
-          f"restore p50 <= {TARGET_RESTORE_S}s {'MET' if ok[1] else 'MISSED'}; "
-          f"cold >= 10x pooled {'MET' if ok[2] else 'MISSED'}")
+    for kind, got in results.items():
+        pooled, restored, cold = got["pooled"], got["restored"], got["cold"]
+        print(f"VM ready for a scenario, {kind} backend:")
+        print(row("lease from the pre-restored pool", pooled, "ms", 1000))
+        print(row("restore on demand (snapshot -> ready)", restored, "s"))
+        print(row("cold boot (baseline)", cold, "s"))
+        print(f"  cold boot / pooled lease: x{pct(cold, 50) / pct(pooled, 50):.0f}; "
+              f"cold boot / restore: x{pct(cold, 50) / pct(restored, 50):.1f}")
+        print(f"  memory per idle pooled VM (512 MiB guest): RSS p50 {pct(got['rss'], 50) / mib:.0f} MiB, "
+              f"PSS p50 {pct(got['pss'], 50) / mib:.0f} MiB (n={len(got['rss'])})")
+        ok = [pct(pooled, 50) * 1000 <= TARGET_POOLED_MS, pct(restored, 50) <= TARGET_RESTORE_S,
+              pct(cold, 50) >= 10 * pct(pooled, 50)]
+        print(f"  targets: pooled p50 <= {TARGET_POOLED_MS:.0f}ms {'MET' if ok[0] else 'MISSED'}; "
+              f"restore p50 <= {TARGET_RESTORE_S}s {'MET' if ok[1] else 'MISSED'}; "
+              f"cold >= 10x pooled {'MET' if ok[2] else 'MISSED'}")
+    if "libvirt" in results:
+        q, lv = results["qemu"], results["libvirt"]
+        print(f"libvirt / qemu (p50): pooled lease x{pct(lv['pooled'], 50) / pct(q['pooled'], 50):.2f}, "
+              f"restore x{pct(lv['restored'], 50) / pct(q['restored'], 50):.2f}, "
+              f"cold boot x{pct(lv['cold'], 50) / pct(q['cold'], 50):.2f}")
     return 0
-
-
-def _pooled_qemus(root: Path) -> list[psutil.Process]:
-    out = []
-    for proc in psutil.process_iter(["cmdline", "cwd"]):
-        if any(a.startswith("guest=vmfx-p") for a in proc.info["cmdline"] or []) and \
-                str(proc.info.get("cwd") or "").startswith(str(root)):
-            out.append(proc)
-    return out
 
 
 if __name__ == "__main__":

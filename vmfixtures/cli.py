@@ -404,6 +404,20 @@ def cmd_config_check(args) -> int:
     return 0
 
 
+def cmd_conformance(args) -> int:
+    from . import conformance
+
+    files = args.records or sorted(Path("reports/conformance").glob("*.json"))
+    if not files:
+        raise errors.ConfigError("no conformance records given and none in reports/conformance/ (run the spec first)")
+    records = [conformance.load(Path(f)) for f in files]
+    if args.json:
+        print(json.dumps(conformance.as_json(records), indent=2))
+    else:
+        print(conformance.markdown(records))
+    return 0
+
+
 def cmd_version(args) -> int:
     import shutil
     import subprocess
@@ -909,6 +923,11 @@ def build_parser() -> argparse.ArgumentParser:
     cc.add_argument("-c", "--config", default="vmfixtures.yaml")
     cc.set_defaults(func=cmd_config_check)
     sub.add_parser("version", help="the installed vmfixtures, Python and QEMU versions").set_defaults(func=cmd_version)
+    cf = sub.add_parser("conformance", help="capability x backend table from spec runs' records "
+                        "(reports/conformance/*.json, written by every behave run)")
+    cf.add_argument("records", nargs="*", type=Path, help="conformance records (default: reports/conformance/*.json)")
+    cf.add_argument("--json", action="store_true", help="machine-readable, with each failure")
+    cf.set_defaults(func=cmd_conformance)
     c = sub.add_parser("console", help="print a VM's serial console log")
     c.add_argument("name", help="VM name, or a daemon lease id")
     c.set_defaults(func=cmd_console)

@@ -154,10 +154,13 @@ class LibvirtBackend(QemuBackend):
         return self._meta(name)["domain"]
 
     def _domain(self, name: str):
-        """The running domain of VM ``name``, or None."""
+        """The running domain of VM ``name``, or None (also when the VM has no record left)."""
         libvirt = _libvirt()
+        meta = self._meta_or_none(name)
+        if not meta or not meta.get("domain"):
+            return None
         try:
-            return connection().lookupByName(self.domain_name(name))
+            return connection().lookupByName(meta["domain"])
         except libvirt.libvirtError:
             return None
 
@@ -410,20 +413,25 @@ class LibvirtBackend(QemuBackend):
 
     # -- sweeping ----------------------------------------------------------
     def sweep(self) -> list[str]:
-        """Reap VMs of dead owners (as the qemu backend does), then domains of ours whose
-        metadata points into this storage but no VM record of it claims."""
-        reclaimed = super().sweep()
-        claimed = set()
+        """Reap VMs of dead owners (as the qemu backend does), then stray domains."""
+        return super().sweep() + self.stray_domains(destroy=True)
+
+    def stray_domains(self, destroy: bool = False, keep: set[str] = frozenset()) -> list[str]:
+        """Domains of ours whose metadata points into this storage but that no VM record here
+        (nor ``keep``) claims: left by a process that died while libvirt was starting them."""
+        claimed = set(keep)
         for n in self.names():
             meta = self._meta_or_none(n)
             if meta and meta.get("domain"):
                 claimed.add(meta["domain"])
         storage = str(self.storage.resolve())
+        found = []
         for domain, where, _ in our_domains():
             if where == storage and domain not in claimed:
-                destroy_domain(domain)
-                reclaimed.append(f"stray libvirt domain {domain}")
-        return reclaimed
+                if destroy:
+                    destroy_domain(domain)
+                found.append(f"stray libvirt domain {domain}")
+        return found
 
 
 class DomainBoot(Boot):

@@ -34,7 +34,7 @@ from ..errors import (
 )
 from ..guest.result import ExecResult
 from ..spec import VMSpec
-from .base import CreateResult, DestroyProof, StopResult, VMState
+from .base import Backend, CreateResult, DestroyProof, StopResult, VMState
 
 PREFIX = "vmfx-"
 # Multipass's state names (src/client/cli/formatter/format_utils.cpp), lower-cased; the
@@ -156,8 +156,9 @@ def _subprocess_runner(argv: list[str], input: bytes | None, timeout: float) -> 
     return subprocess.run(argv, input=input, capture_output=True, timeout=timeout, check=False)
 
 
-class MultipassBackend:
-    """VMs as Multipass instances named ``vmfx-<name>``."""
+class MultipassBackend(Backend):
+    """VMs as Multipass instances named ``vmfx-<name>``. No optional capabilities: Multipass offers
+    no memory snapshots a pool could restore, no dirty bitmaps and no disk hot-plug."""
 
     name = "multipass"
 
@@ -250,9 +251,30 @@ class MultipassBackend:
             self._call("stop", inst, timeout=self.stop_timeout)
         return CreateResult(spec.name, "created", VMState.RUNNING if start else VMState.STOPPED)
 
-    def start(self, name: str) -> None:
-        """Boot the VM; returns once Multipass reports it up."""
+    def start(self, name: str):
+        """Boot the VM; returns its guest channel once Multipass reports it up."""
         self._call("start", PREFIX + name, timeout=self.launch_timeout)
+        return self.machine(name)
+
+    def spec(self, name: str) -> VMSpec:
+        """The VM as the guest reports it (Multipass keeps no record of what was asked)."""
+        info = self.info(name)
+        return VMSpec(name=name, cpus=info.cpus or 1, memory=info.memory or 512 * 1024**2,
+                      disk=info.disk or 2 * 1024**3, image=f"ubuntu-{info.image.split()[0]}" if info.image else "ubuntu")
+
+    def process_id(self, name: str):
+        """None: the hypervisor process belongs to multipassd, which does not say which it is."""
+        return None
+
+    def machine(self, name: str):
+        """The guest through ``multipass exec`` (no guest agent, no console socket)."""
+        from ..machine import Machine
+
+        if self.state(name) != VMState.RUNNING:
+            raise GuestError(f"VM '{name}' is not running")
+        return Machine(name=name, run_dir=Path("/nonexistent"), console_log=Path("/nonexistent"), ssh_port=None,
+                       host_key="", key_path=Path("/nonexistent"), accel="multipass",
+                       agent=ExecChannel(self, name))
 
     def stop(self, name: str, timeout: float | None = None) -> StopResult:
         """Shut down gracefully; after ``timeout`` seconds (at once if the state is unknown) power off
@@ -272,8 +294,9 @@ class MultipassBackend:
         self._call("stop", "--force", inst)  # before 1.14: exit 1 (CommandLineError), unknown option
         return StopResult(name, False, time.monotonic() - t0)
 
-    def restart(self, name: str) -> None:
+    def restart(self, name: str):
         self._call("restart", PREFIX + name, timeout=self.launch_timeout)
+        return self.machine(name)
 
     def destroy(self, name: str) -> DestroyProof:
         """``delete --purge`` (nothing left to ``recover``), then check that ``list`` no longer shows it.
@@ -312,3 +335,29 @@ class MultipassBackend:
 
     def umount(self, name: str, guest: str) -> None:
         self._call("umount", f"{PREFIX}{name}:{guest}")
+
+
+class ExecChannel:
+    """What callers use of a guest agent (exec, files, clock), done with ``multipass exec``."""
+
+    def __init__(self, backend: MultipassBackend, name: str):
+        self.backend, self.name = backend, name
+
+    def exec(self, argv: list[str], input: bytes | None = None, env: dict[str, str] | None = None,
+             timeout: float = 60.0) -> ExecResult:
+        if env:
+            argv = ["env", *(f"{k}={v}" for k, v in env.items()), *argv]
+        return self.backend.exec(self.name, ["sudo", *argv], input=input, timeout=timeout)
+
+    def read_file(self, path: str, timeout: float = 30.0) -> bytes:
+        proc = self.backend._call("exec", PREFIX + self.name, "--", "sudo", "cat", path, timeout=timeout)
+        return proc.stdout if isinstance(proc.stdout, bytes) else proc.stdout.encode()
+
+    def write_file(self, path: str, data: bytes, timeout: float = 30.0) -> None:
+        self.backend._call("exec", PREFIX + self.name, "--", "sudo", "tee", path, input=data, timeout=timeout)
+
+    def set_time(self, ns: int | None = None) -> None:
+        pass  # the guest keeps its own clock (NTP); Multipass VMs are never restored from a snapshot
+
+    def close(self) -> None:
+        pass

@@ -68,15 +68,27 @@ class Pool:
         self._counter = 0
         self.specs: dict[str, tuple[VMSpec, str]] = {}  # specs (and backends) seen, so refills know what to restore
 
+    def _folder(self, kind: str) -> Path:
+        return self.home / ("pool" if kind == "qemu" else f"pool-{kind}")
+
     def backend(self, kind: str) -> Backend:
         """The pool's own storage on backend ``kind`` (idle VMs and templates live there)."""
         if kind not in self._backends:
-            folder = self.home / ("pool" if kind == "qemu" else f"pool-{kind}")
-            self._backends[kind] = open_backend(kind, folder, quiet=self.quiet)
+            self._backends[kind] = open_backend(kind, self._folder(kind), quiet=self.quiet)
         return self._backends[kind]
 
     def storages(self) -> list[Path]:
+        """Every pool folder: of the backends used now, and of those used before a restart."""
+        for kind in ("qemu", "libvirt"):
+            if self._folder(kind).is_dir():
+                self.backend(kind)
         return [b.storage for b in self._backends.values()]
+
+    def libvirt_pools(self) -> list[Backend]:
+        """The libvirt pool's backend when this daemon has used libvirt (its folder exists)."""
+        if (self.home / "pool-libvirt").is_dir():
+            return [self.backend("libvirt")]
+        return []
 
     def key(self, spec: VMSpec, kind: str = "qemu") -> str:
         return pool_key(spec, self.driver.image().key, kind)

@@ -309,6 +309,8 @@ class FixtureService:
         for proc, cwd in orphan_qemus(storages, known):
             proc.kill()
             reclaimed.append(f"orphan QEMU pid {proc.pid} in {cwd}")
+        for pool_backend in self.pool.libvirt_pools():  # restores libvirt went on with after we died
+            reclaimed += pool_backend.stray_domains(destroy=True)
         reclaimed += self.pool.load_snapshots()
         for pool_dir in self.pool.storages():
             if not pool_dir.is_dir():
