@@ -28,7 +28,8 @@ from pathlib import Path
 from vmfixtures import backends, capabilities
 from vmfixtures.errors import VmfError
 from vmfixtures.client import Heartbeat, ensure_daemon
-from vmfixtures.conformance import Recorder
+from vmfixtures.conformance import Recorder, capability
+from vmfixtures.sut import PRODUCTS, Host, open_product
 from vmfixtures.procs import process_alive, wait_exit
 from vmfixtures.scope import RunScope
 from vmfixtures.testkit import Fixtures, Project
@@ -51,7 +52,9 @@ def _use_daemon():
     return os.environ.get("VMFIXTURES_DAEMON", "").lower() not in ("off", "0", "no")
 
 
-USERDATA = {"backend": "where VMs run: qemu (default), libvirt or multipass"}
+USERDATA = {"backend": "where VMs run: qemu (default), libvirt or multipass",
+            "product": "the product judged: vmfixtures (default) or agsekit",
+            "agsekit": "the agsekit command to judge (default: the one the README's set-up installs)"}
 
 
 def _refuse(message, code=2):
@@ -65,6 +68,13 @@ def _userdata(context):
     if unknown:
         known = "; ".join(f"{k}: {v}" for k, v in USERDATA.items())
         _refuse(f"unknown -D setting(s) {', '.join(unknown)} (known: {known})")
+    product = context.config.userdata.get("product", "vmfixtures")
+    if product not in PRODUCTS:
+        _refuse(f"-D product: unknown product {product!r} (known: {', '.join(PRODUCTS)})")
+    if "agsekit" in context.config.userdata and product != "agsekit":
+        _refuse("-D agsekit names the agsekit command; it needs -D product=agsekit")
+    context.product_name = product
+    context.product_options = {k: v for k, v in context.config.userdata.items() if k == "agsekit"}
     try:
         return backends.chosen(context.config.userdata.get("backend"), "-D backend")
     except VmfError as exc:
@@ -76,7 +86,8 @@ def before_all(context):
     backend = _userdata(context)
     os.environ["VMFIXTURES_BACKEND"] = backend  # the CLI and runners this run starts use it too
     context.scope = RunScope(quiet=False, backend=backend)
-    context.recorder = Recorder(backend, {"backend": backend, "product": "vmfixtures"})
+    run_name = backend if context.product_name == "vmfixtures" else f"{context.product_name}-{backend}"
+    context.recorder = Recorder(run_name, {"backend": backend, "product": context.product_name})
     for line in context.scope.start():
         _say(f"reaped {line}")
     context.client = None
@@ -142,6 +153,14 @@ def before_scenario(context, scenario):
             if not cap.available:
                 scenario.skip(reason=cap.reason)
                 return
+    slug = re.sub(r"[^a-z0-9]+", "-", scenario.name.lower()).strip("-")[:60]
+    context.project = Project(context.scope.dir / "projects" / slug, context.scope)
+    context.sut = open_product(context.product_name, context.project, context.product_options)
+    context.host = Host()
+    lacking = context.sut.lacks(capability(scenario.feature.tags))
+    if lacking:
+        scenario.skip(reason=lacking)
+        return
     if context.client is not None and not context.client.alive():
         _connect_daemon(context)  # a scenario may have killed it on purpose
     context.lease = None
@@ -152,9 +171,8 @@ def before_scenario(context, scenario):
             context.lease = context.feature_lease
         else:
             context.lease = _open_lease(context, "scenario", scenario.name)
+    context.project.lease = context.lease
     context.scenario_started = time.time()
-    slug = re.sub(r"[^a-z0-9]+", "-", scenario.name.lower()).strip("-")[:60]
-    context.project = Project(context.scope.dir / "projects" / slug, context.scope, context.lease)
     context.fixtures = Fixtures(context.scope, context.client)
     context.driver = context.fixtures.driver
     context.pids = {}

@@ -19,20 +19,20 @@ Feature: Fixture daemon
     Given the scenario leased the VM "worker"
     When the lease ends
     Then the VM "worker" no longer exists
-    And no QEMU process or disk file remains for "worker"
+    And no VM process or disk file remains for "worker"
 
   Scenario: A VM from the warm pool carries nothing from the previous lease
     Given the scenario leased the VM "worker"
     And the guest of "worker" has saved the note "secret of the last tenant"
     When the lease ends and the scenario leases the VM "worker" again
-    Then the VM "worker" is a different QEMU process than before
+    Then the VM "worker" is a different VM process than before
     And the guest of "worker" has no note
 
   Scenario: The VMs of a runner killed mid-scenario are destroyed within its TTL
     Given another runner holds the VM "worker" with a lease TTL of 5 seconds
     When that runner is killed with SIGKILL
     Then within 5 seconds the VM "worker" no longer exists
-    And no QEMU process or disk file remains for "worker"
+    And no VM process or disk file remains for "worker"
 
   Scenario: A daemon killed with SIGKILL reaps what it left behind when started again
     Given another runner holds the VM "worker" with a lease TTL of 30 seconds
@@ -40,19 +40,19 @@ Feature: Fixture daemon
     And that runner is killed with SIGKILL
     And the daemon is started again
     Then the daemon reports that it reclaimed the VM "worker"
-    And no QEMU process or disk file remains for "worker"
+    And no VM process or disk file remains for "worker"
     And the daemon's ledger agrees with the processes and files it owns
 
   Scenario: Two runners at once get distinct VMs
     When two runners each hold the VM "worker" at the same time
-    Then the two runners got different QEMU processes on different SSH ports
+    Then the two runners got different VM processes on different SSH ports
 
   @fixture.vm.shared
   Scenario Outline: Scenarios that share a VM each find it as the one before left it
     Given the shared VM "worker" is running
     When scenario <turn> signs the guest book of "worker"
     Then the guest book of "worker" holds the signatures of scenarios 1 to <turn>
-    And the VM "worker" is the same QEMU process in every scenario that shares it
+    And the VM "worker" is the same VM process in every scenario that shares it
 
     Examples:
       | turn |

@@ -37,7 +37,7 @@ Feature: Port forwarding
     And the config forwards host port 18080 to port 8000 of "devbox"
     And port forwarding runs
     When the ssh process of the tunnel on host port 18080 is killed
-    Then the forwarder reports the tunnel restored
+    Then the tunnel on host port 18080 is listening again in a new process
     And the host gets "build 42 is green" from 127.0.0.1:18080
 
   Scenario: Stopping port forwarding leaves no tunnel behind

@@ -12,8 +12,8 @@ Feature: Observer
     And the VM "watched" is running
 
   @observer.drift
-  Scenario: A VM whose QEMU process died is reported
-    When the QEMU process of "watched" is killed with SIGKILL
+  Scenario: A VM whose process died is reported
+    When the process of VM "watched" is killed with SIGKILL
     Then within one observer interval the observer reports "vm-not-running" for "watched"
 
   @observer.drift
@@ -22,9 +22,9 @@ Feature: Observer
     Then within one observer interval the observer reports "disk-missing" for "watched"
 
   @observer.drift
-  Scenario: A stray QEMU named like the project's is reported
-    When a stray QEMU named like the project's runs in the storage
-    Then within one observer interval the observer reports "orphan-process" for the stray QEMU
+  Scenario: A stray VM process named like the project's is reported
+    When a stray VM process named like the project's runs in the storage
+    Then within one observer interval the observer reports "orphan-process" for the stray VM process
 
   @observer.drift
   Scenario: A stray file dropped into the storage is reported
@@ -47,14 +47,14 @@ Feature: Observer
     Then within one observer interval the observer reports "tunnel-down" for "127.0.0.1:18080"
 
   @observer.drift
-  Scenario: The observer's safe fix kills a stray QEMU and says so
-    Given a stray QEMU named like the project's runs in the storage
+  Scenario: The observer's safe fix kills a stray VM process and says so
+    Given a stray VM process named like the project's runs in the storage
     When the operator runs the observer with its safe fixes
-    Then the observer says it killed the stray QEMU
-    And the stray QEMU is gone
+    Then the observer says it killed the stray VM process
+    And the stray VM process is gone
 
   @observer.drift
   Scenario: After a crashed VM is restarted, the next report is clean
-    Given the QEMU process of "watched" was killed and the observer reported "vm-not-running"
+    Given the process of VM "watched" was killed and the observer reported "vm-not-running"
     When the operator starts the VM "watched"
     Then the next observer report is clean

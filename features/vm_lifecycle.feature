@@ -21,7 +21,7 @@ Feature: VM lifecycle
     Given the VM "builder" is running
     When the operator stops the VM "builder"
     Then the VM "builder" is stopped
-    And no QEMU process remains for "builder"
+    And no VM process remains for "builder"
     And the guest powered off on its own, without being forced
 
   Scenario: A guest that ignores the power button is forced off after the deadline
@@ -30,7 +30,7 @@ Feature: VM lifecycle
     When the operator stops the VM "builder" with a 2 second deadline
     Then the guest was forced off after the deadline
     And the VM "builder" is stopped
-    And no QEMU process remains for "builder"
+    And no VM process remains for "builder"
 
   Scenario: A stopped VM starts again with its disk intact
     Given the VM "builder" is running
@@ -40,14 +40,14 @@ Feature: VM lifecycle
     Then the VM "builder" is running
     And the guest of "builder" still has the note "nightly build green"
 
-  Scenario: A VM that cannot boot is reported with QEMU's reason and leaves nothing running
+  Scenario: A VM that cannot boot is reported with the hypervisor's reason and leaves nothing running
     Given the VM "builder" is running
     And the operator has stopped the VM "builder"
     And the disk of "builder" has been damaged
     When the operator starts the VM "builder"
     Then the command fails saying "Image is not in qcow2 format"
     And the VM "builder" is stopped
-    And no QEMU process or socket remains for "builder"
+    And no VM process or socket remains for "builder"
 
   Scenario: A restarted VM keeps what was written to its disk
     Given the VM "builder" is running
@@ -61,7 +61,7 @@ Feature: VM lifecycle
     Given the VMs "builder" and "tester" are running
     When the operator destroys the VM "tester"
     Then the VM "tester" no longer exists
-    And no QEMU process or disk file remains for "tester"
+    And no VM process or disk file remains for "tester"
     And the VM "builder" is running
 
   Scenario: Every VM in the config is created at once
@@ -72,13 +72,13 @@ Feature: VM lifecycle
     Given the VMs "builder" and "tester" are running
     When the operator stops all VMs in the config
     Then the VMs "builder" and "tester" are stopped
-    And no QEMU process remains for "builder" or "tester"
+    And no VM process remains for "builder" or "tester"
 
   Scenario: Destroying every VM in the config leaves nothing behind
     Given the VMs "builder" and "tester" are running
     When the operator destroys all VMs in the config
     Then the VMs "builder" and "tester" no longer exist
-    And no QEMU process or disk file remains for "builder" or "tester"
+    And no VM process or disk file remains for "builder" or "tester"
 
   Scenario: Creating a VM again with the same spec is harmless
     Given the VM "builder" is running

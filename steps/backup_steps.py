@@ -1,39 +1,49 @@
-"""Folder backups: the operator backs up and cleans through the CLI; snapshots are checked on disk."""
+"""Folder backups: the operator acts through the product; snapshots are judged on disk by the host."""
 
 import os
 import signal
 import subprocess
+import time
 from datetime import datetime, timedelta
 
 from behave import given, then, when
 
-from vmfixtures.backups.folders import backup_once, snapshots
+from vmfixtures.sut.base import CORRUPT, MISSING_SOURCE, NOT_WRITABLE
+
+REASONS = {"the folder does not exist": MISSING_SOURCE, "the destination is not writable": NOT_WRITABLE,
+           "a snapshot is corrupt": CORRUPT}
 
 
 def _dest(context, folder):
     return context.project.folder / "backups" / folder
 
 
-def _state(context, folder):
-    """Every path in the backups with its inode, size and mtime: 'untouched' means all equal
-    (a file rewritten in place changes size or mtime; a replaced one changes inode)."""
-    dest = _dest(context, folder)
-    if not dest.exists():
-        return {}
-    return {p.relative_to(dest).as_posix(): (st.st_ino, st.st_size, st.st_mtime_ns)
-            for p in dest.rglob("*") for st in [p.lstat()]}
+def _snapshots(context, folder):
+    return context.host.snapshots(_dest(context, folder))
 
 
-def _backup(context, source, folder):
-    context.state_before = _state(context, folder)
-    context.result = context.project.operator("backup-once", source, f"backups/{folder}")
-    return context.result
+def _backup(context, source, folder, at=None):
+    context.state_before = context.host.tree(_dest(context, folder))
+    context.outcome = context.sut.backup_once(context.project.folder / source, _dest(context, folder), at=at)
+    return context.outcome
+
+
+def _wait_snapshots(context, dest, at_least, timeout=30.0):
+    """Until ``dest`` holds ``at_least`` complete snapshots, as the file system shows them."""
+    deadline = time.monotonic() + timeout
+    while len(context.host.snapshots(dest)) < at_least:
+        background = context.background
+        assert background.proc.poll() is None, \
+            f"the repeated backups exited {background.proc.returncode}: {background.stderr().strip()[-500:]}"
+        assert time.monotonic() < deadline, \
+            f"expected {at_least} snapshot(s) in {dest} within {timeout:.0f}s, found {context.host.snapshots(dest)}"
+        time.sleep(0.05)
 
 
 @given('the operator backed up "{folder}" once')
 def step_backed_up(context, folder):
-    r = _backup(context, folder, folder)
-    assert r.exit_code == 0, f"expected a backup of {folder}; {r.describe()}"
+    o = _backup(context, folder, folder)
+    assert o.done, f"expected a backup of {folder}; {o.describe()}"
 
 
 @when('the operator backs up "{folder}" once')
@@ -46,65 +56,71 @@ def step_backup_into(context, source, folder):
     _backup(context, source, folder)
 
 
+@then("the backup succeeds")
+def step_succeeds(context):
+    assert context.outcome.done, f"expected the backup to succeed; {context.outcome.describe()}"
+
+
 @then('there is {n:d} snapshot of "{folder}"')
 @then('there are {n:d} snapshots of "{folder}"')
 def step_count(context, n, folder):
-    snaps = snapshots(_dest(context, folder))
+    snaps = _snapshots(context, folder)
+    outcome = getattr(context, "outcome", None)
     assert len(snaps) == n, f"expected {n} snapshot(s) of {folder}, found {[s.name for s in snaps]}; " \
-                            f"{getattr(context, 'result', None) and context.result.describe()}"
+                            f"{outcome.describe() if outcome else ''}"
 
 
 @then('there is {n:d} snapshot in "{dest}"')
 def step_count_in(context, n, dest):
-    snaps = snapshots(context.project.folder / dest)
+    snaps = context.host.snapshots(context.project.folder / dest)
     assert len(snaps) == n, f"expected {n} snapshot(s) in {dest}, found {[s.name for s in snaps]}"
 
 
 @then('the newest snapshot of "{folder}" holds "{name}" saying "{text}"')
 def step_newest_holds(context, folder, name, text):
-    path = snapshots(_dest(context, folder))[-1] / name
-    assert path.read_text().strip() == text, f"expected {path} to say {text!r}, found {path.read_text()!r}"
+    snaps = _snapshots(context, folder)
+    assert snaps, f"expected a snapshot of {folder}, found none; {context.outcome.describe()}"
+    path = snaps[-1] / name
+    assert path.is_file() and path.read_text().strip() == text, \
+        f"expected {path} to say {text!r}, found {path.read_text() if path.is_file() else 'no file'!r}"
 
 
 @then('"{name}" is one and the same file in both snapshots of "{folder}"')
 def step_same_inode(context, name, folder):
-    a, b = (s / name for s in snapshots(_dest(context, folder))[-2:])
-    assert a.stat().st_ino == b.stat().st_ino, f"expected {name} hard-linked between {a.parent.name} and {b.parent.name}"
+    a, b = (s / name for s in _snapshots(context, folder)[-2:])
+    assert context.host.same_file(a, b), f"expected {name} hard-linked between {a.parent.name} and {b.parent.name}"
 
 
 @then('"{name}" differs between the snapshots of "{folder}"')
 def step_differs(context, name, folder):
-    a, b = (s / name for s in snapshots(_dest(context, folder))[-2:])
-    assert a.stat().st_ino != b.stat().st_ino and a.read_text() != b.read_text(), f"expected {name} to differ"
-
-
-@then("the operator is told that nothing changed")
-def step_nothing_changed(context):
-    r = context.result
-    assert r.exit_code == 0 and "nothing changed" in r.stdout, f"expected 'nothing changed'; {r.describe()}"
+    a, b = (s / name for s in _snapshots(context, folder)[-2:])
+    assert not context.host.same_file(a, b) and a.read_text() != b.read_text(), f"expected {name} to differ"
 
 
 @given('repeated backups of "{folder}" every second are running')
 def step_repeated(context, folder):
-    context.background = context.project.start("backup-repeated", folder, f"backups/{folder}", "--interval", "1")
-    context.background.wait_for_line("snapshot")
+    context.background = context.sut.backup_repeated(context.project.folder / folder, _dest(context, folder), 1)
+    _wait_snapshots(context, _dest(context, folder), 1)
+    context.repeated_dest = _dest(context, folder)
 
 
 @when("the repeated backups take a new snapshot")
 def step_new_snapshot(context):
-    context.background.wait_for_line("snapshot", timeout=30)
+    _wait_snapshots(context, context.repeated_dest, len(context.host.snapshots(context.repeated_dest)) + 1)
 
 
 @when('repeated backups of the mount "{source}" are running')
 def step_repeated_mount(context, source):
-    context.background = context.project.start("backup-repeated-mount", source, "-c", str(context.project.config_path))
-    context.background.wait_for_line("snapshot")
+    context.background = context.sut.backup_repeated_mount(source)
+    mount = next(m for m in context.project.mounts if m["source"] == source)
+    _wait_snapshots(context, context.project.folder / mount["backup"], 1)
 
 
 @when("repeated backups of every mount are running")
 def step_repeated_all(context):
-    context.background = context.project.start("backup-repeated-all", "-c", str(context.project.config_path))
-    context.background.wait_for_line("snapshot", count=len(context.project.mounts))
+    context.background = context.sut.backup_repeated_all()
+    for mount in context.project.mounts:
+        _wait_snapshots(context, context.project.folder / mount["backup"], 1)
 
 
 @when("the repeated backups receive {name}")
@@ -120,7 +136,7 @@ def step_stopped(context, code):
 
 @then('no partial snapshot of "{folder}" remains')
 def step_no_partial(context, folder):
-    partial = [p.name for p in _dest(context, folder).glob("*-partial")]
+    partial = [p.name for p in context.host.partial_snapshots(_dest(context, folder))]
     assert not partial, f"expected no partial snapshot, found {partial}"
 
 
@@ -133,40 +149,50 @@ def step_mount_with_backups(context, source, target, vm, dest):
 
 @given('{n:d} snapshots of "{folder}" taken an hour apart')
 def step_history(context, n, folder):
+    """Real backups by the product, its clock set an hour further each time (libfaketime);
+    which folder each one made is seen on disk, so the times below are ours, not the product's."""
     source, start = context.project.folder / folder, datetime(2026, 1, 1)
+    context.history = []  # (snapshot folder name, when it was taken), oldest first
     for i in range(n):
         (source / "counter.txt").write_text(f"{i}\n")
-        backup_once(source, _dest(context, folder), now=start + timedelta(hours=i))
-    context.history = [s.name for s in snapshots(_dest(context, folder))]
-    assert len(context.history) == n, f"expected {n} snapshots to start with, made {context.history}"
+        before = {s.name for s in _snapshots(context, folder)}
+        o = _backup(context, folder, folder, at=start + timedelta(hours=i))
+        made = [s.name for s in _snapshots(context, folder) if s.name not in before]
+        assert o.done and len(made) == 1, f"expected backup {i + 1} of {n} to add one snapshot, it added " \
+                                          f"{made}; {o.describe()}"
+        context.history.append((made[0], start + timedelta(hours=i)))
 
 
 @when('the operator keeps the last {n:d} snapshots of "{folder}"')
 def step_tail(context, n, folder):
-    context.result = context.project.operator("backup-clean", f"backups/{folder}", "tail", str(n))
+    context.outcome = context.sut.clean_tail(_dest(context, folder), n)
 
 
 @when('the operator thins the snapshots of "{folder}" to {n:d}')
 def step_thin(context, folder, n):
-    context.result = context.project.operator("backup-clean", f"backups/{folder}", "thin", str(n))
+    context.outcome = context.sut.clean_thin(_dest(context, folder), n)
 
 
 @then('the {n:d} newest of the {m:d} snapshots of "{folder}" remain')
 def step_tail_kept(context, n, m, folder):
-    kept = [s.name for s in snapshots(_dest(context, folder))]
-    assert kept == context.history[-n:], f"expected the newest {n} kept, found {kept}; {context.result.describe()}"
+    kept = {s.name for s in _snapshots(context, folder)}
+    newest = {name for name, _ in context.history[-n:]}
+    assert kept == newest, f"expected the newest {n} kept ({sorted(newest)}), found {sorted(kept)}; " \
+                           f"{context.outcome.describe()}"
 
 
 @then('{n:d} snapshots of "{folder}" remain, the newest and the oldest among them')
 def step_thin_kept(context, n, folder):
-    kept = [s.name for s in snapshots(_dest(context, folder))]
-    assert len(kept) == n and kept[-1] == context.history[-1] and kept[0] == context.history[0], \
-        f"expected {n} kept including newest and oldest, found {kept}; {context.result.describe()}"
+    kept = {s.name for s in _snapshots(context, folder)}
+    oldest, newest = context.history[0][0], context.history[-1][0]
+    assert len(kept) == n and {oldest, newest} <= kept, \
+        f"expected {n} kept including the newest and the oldest, found {sorted(kept)}; {context.outcome.describe()}"
 
 
 @then('the gaps between the kept snapshots of "{folder}" grow with age')
 def step_gaps(context, folder):
-    times = [datetime.strptime(s.name, "%Y%m%dT%H%M%S.%f") for s in snapshots(_dest(context, folder))]
+    kept = {s.name for s in _snapshots(context, folder)}
+    times = [when for name, when in context.history if name in kept]
     gaps = [(b - a).total_seconds() / 3600 for a, b in zip(times, times[1:])][::-1]  # newest first, in hours
     assert all(x <= y for x, y in zip(gaps, gaps[1:])) and gaps[-1] > gaps[0], \
         f"expected gaps (newest first) to grow with age, found {gaps}"
@@ -185,10 +211,19 @@ def step_read_only(context, folder):
 
 @given('a corrupt snapshot lies among the backups of "{folder}"')
 def step_corrupt(context, folder):
-    (_dest(context, folder) / "20991231T235959.000000").write_text("not a snapshot folder\n")
+    # a file where the product would expect its newest snapshot folder
+    (_dest(context, folder) / context.sut.snapshot_name(datetime(2099, 12, 31, 23, 59, 59))).write_text(
+        "not a snapshot folder\n")
+
+
+@then("the backup is refused because {reason}")
+def step_refused(context, reason):
+    kind = REASONS[reason]
+    o = context.outcome
+    assert o.status == "refused" and o.refusal == kind, f"expected the backup refused ({kind}); {o.describe()}"
 
 
 @then('the snapshots of "{folder}" are untouched')
 def step_untouched(context, folder):
-    assert _state(context, folder) == context.state_before, \
-        f"expected the snapshots of {folder} untouched; {context.result.describe()}"
+    assert context.host.tree(_dest(context, folder)) == context.state_before, \
+        f"expected the snapshots of {folder} untouched; {context.outcome.describe()}"

@@ -2,12 +2,9 @@
 
 import json
 import os
-import stat
 
 from behave import then, when
 
-from vmfixtures import keys
-from vmfixtures.backups.folders import snapshots
 
 
 @when('the operator runs "{command}" in "{name}" over SSH')
@@ -23,9 +20,15 @@ def step_sees(context, text):
 
 @then("the installation's SSH key can be read by its owner only")
 def step_key_private(context):
-    st = keys.ensure_keypair().stat()
-    assert st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) == 0o600, \
-        f"expected the key owned by uid {os.getuid()} with mode 0600, it is uid {st.st_uid} mode {oct(st.st_mode)}"
+    key = context.sut.installation_key()  # where the product keeps it; judged below by stat, not by the product
+    st = key.stat()
+    assert st.st_uid == os.geteuid() and context.host.mode(key) == 0o600, \
+        f"expected {key} owned by uid {os.geteuid()} with mode 0600, it is uid {st.st_uid} mode {oct(st.st_mode)}"
+    public = key.with_name(key.name + ".pub").read_text().split()[1]
+    name = next(iter(context.project.vms))
+    authorized = context.driver.machine(name).read_file("/root/.ssh/authorized_keys").decode()
+    assert public in authorized, f"expected the guest to authorize the key {key} (its public half), " \
+                                 f"it authorizes: {authorized.strip()[:300]!r}"
 
 
 @when('the operator types "{line}" into a shell on "{name}"')
@@ -52,11 +55,15 @@ def step_status_vm(context, name, cpus, memory):
     row = context.status[name]
     seen = (row["state"], row["cpus"], row["memory"])
     assert seen == ("running", cpus, memory), f"expected {name} running, {cpus} cpu, {memory}; status: {row}"
+    guest = context.host.guest_resources(context.driver.machine(name))  # what the guest kernel has
+    mib = int(memory.rstrip("M")) if memory.endswith("M") else int(memory.rstrip("G")) * 1024
+    assert guest["cpus"] == cpus and 0.75 * mib * 1024 <= guest["memory_kib"] <= mib * 1024, \
+        f"expected the guest of {name} to have {cpus} cpu and about {memory}, it has {guest}"
 
 
 @then('the status shows "{source}" mounted at "{target}" with its last backup')
 def step_status_mount(context, source, target):
-    last = snapshots(context.project.folder / "backups" / source)[-1].name
+    last = context.host.snapshots(context.project.folder / "backups" / source)[-1].name
     mounts = [m for row in context.status.values() for m in row["mounts"] if m["source"] == source]
     assert mounts == [{"source": source, "target": target, "mounted": True, "last_backup": last}], \
         f"expected {source} mounted at {target} with last backup {last}; status: {mounts}"

@@ -3,12 +3,14 @@
 import os
 import signal
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from behave import given, then, when
 
 from vmfixtures.client import ensure_daemon
+from vmfixtures.paths import daemon_home
 from vmfixtures.backends import VMState
 from vmfixtures.procs import process_alive, wait_exit
 from vmfixtures.spec import load_config
@@ -26,7 +28,7 @@ def _spec(context, name):
 @when('the scenario leases the VM "{name}"')
 def step_lease(context, name):
     context.created = context.fixtures.ensure_running([_spec(context, name)], context.lease)[0]
-    context.pids[name] = context.driver.run_info(name)["pid"]
+    context.pids[name] = context.host.vm_pid(context.driver.vm_dir(name))
     _shared_pids.setdefault((context.lease, name), context.pids[name])
 
 
@@ -45,13 +47,18 @@ def step_lease_again(context, name):
 
 @then('the VM "{name}" was restored from a memory snapshot, not booted')
 def step_restored(context, name):
-    source = context.created.get("source")
-    assert source in ("pool", "restore"), f"expected a VM from the warm pool or a restore, got {context.created}"
-    info = context.driver.run_info(name)
-    assert info.get("restored_from"), f"expected run.json to name the snapshot it came from, got {info}"
+    """A restored guest has been up longer than its VM process has existed: its clock went on
+    from the snapshot. A booted guest is always younger than its process."""
+    procs = context.host.vm_processes(context.driver.vm_dir(name))
+    assert len(procs) == 1, f"expected one process for VM '{name}', found {[p.pid for p in procs]}"
+    machine = context.driver.machine(name)
+    uptime = float(machine.read_file("/proc/uptime").decode().split()[0])
+    process_age = time.time() - procs[0].create_time()
+    assert uptime > process_age + 1.0, f"expected the guest of '{name}' to have been up longer than its process " \
+                                       f"(a restore), but it is up {uptime:.1f}s and its process is {process_age:.1f}s old"
 
 
-@then('the VM "{name}" is a different QEMU process than before')
+@then('the VM "{name}" is a different VM process than before')
 def step_different(context, name):
     assert context.pids[name] != context.first_pid, f"expected a new QEMU process, both are pid {context.first_pid}"
     assert not process_alive(context.first_pid), f"expected the first lease's QEMU pid {context.first_pid} gone"
@@ -75,16 +82,16 @@ def step_guestbook(context, name, turn):
     assert lines == expected, f"expected the guest book {expected} (fresh VM, then shared), found {lines}"
 
 
-@then('the VM "{name}" is the same QEMU process in every scenario that shares it')
+@then('the VM "{name}" is the same VM process in every scenario that shares it')
 def step_same_as_before(context, name):
-    pid, first = context.driver.run_info(name)["pid"], _shared_pids[(context.lease, name)]
+    pid, first = context.host.vm_pid(context.driver.vm_dir(name)), _shared_pids[(context.lease, name)]
     assert pid == first, f"expected the shared VM's QEMU pid {first} from the first sharing scenario, got {pid}"
 
 
 @given('another runner holds the VM "{name}" with a lease TTL of {ttl:d} seconds')
 def step_other_runner(context, name, ttl):
     context.runner = spawn_runner(context.project, name, ttl)
-    context.pids[name] = context.driver.run_info(name)["pid"]
+    context.pids[name] = context.host.vm_pid(context.driver.vm_dir(name))
 
 
 @when("that runner is killed with SIGKILL")
@@ -124,8 +131,11 @@ def step_reclaimed(context, name):
 
 @then("the daemon's ledger agrees with the processes and files it owns")
 def step_consistent(context):
-    findings = context.client.observe()["findings"]
-    assert findings == [], f"expected ledger and reality to agree, the observer found: {findings}"
+    """Read the ledger file itself and the process table: every VM the ledger holds live has its
+    process and disk, and every VM process under the storages it knows has a live row."""
+    rows = context.host.ledger_vms(ledger_path())
+    disagree = context.host.ledger_disagreements(rows)
+    assert not disagree, f"expected ledger and reality to agree, they differ: {disagree}"
 
 
 @when('two runners each hold the VM "{name}" at the same time')
@@ -137,11 +147,16 @@ def step_two_runners(context, name):
         context.runners = [f.result() for f in futures]
 
 
-@then("the two runners got different QEMU processes on different SSH ports")
+@then("the two runners got different VM processes on different SSH ports")
 def step_distinct(context):
     ports = [r.ssh_port for r in context.runners]
-    vms = [vm for r in context.runners for vm in context.client.lease(r.lease_id)["vms"]]
-    pids = {vm["pid"] for vm in vms}
+    # who listens on each runner's SSH port, by the host's socket table: the VM's own process
+    pids = {pid for port in ports for _, pid in context.host.listeners(port) if pid}
     for r in context.runners:
         r.kill()
     assert len(set(ports)) == 2 and len(pids) == 2, f"expected two distinct VMs, got ports {ports}, pids {pids}"
+
+
+
+def ledger_path():
+    return daemon_home() / "ledger.sqlite"

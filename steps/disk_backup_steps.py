@@ -49,7 +49,7 @@ def step_missing_link(context, name):
 def step_restore(context, name, new):
     context.result = context.project.operator_on_config("vm", "restore-backup", _chain(context)["chain"], new)
     if context.result.exit_code == 0:
-        context.pids[new] = context.driver.run_info(new)["pid"]
+        context.pids[new] = [p.pid for p in context.host.vm_processes(context.driver.vm_dir(new))][0]
 
 
 def _chains(context):

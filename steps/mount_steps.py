@@ -4,8 +4,6 @@ import os
 
 from behave import given, then, when
 
-from vmfixtures.mounts import Mounts, helper_processes
-from vmfixtures.spec import load_config
 
 
 def _run(context, *argv):
@@ -101,33 +99,49 @@ def step_host_reads(context, relative, text):
 @then('the host file "{relative}" belongs to the host user')
 def step_host_owner(context, relative):
     st = (context.project.folder / relative).stat()
-    assert (st.st_uid, st.st_gid) == (os.getuid(), os.getgid()), \
-        f"expected owner {os.getuid()}:{os.getgid()}, found {st.st_uid}:{st.st_gid}"
+    folder = (context.project.folder / relative).parent.stat()  # whose folder the guest wrote into
+    assert (st.st_uid, st.st_gid) == (folder.st_uid, folder.st_gid) == (os.geteuid(), os.getegid()), \
+        f"expected owner {os.geteuid()}:{os.getegid()} like its folder, found {st.st_uid}:{st.st_gid}"
+
+
+@when('the guest of "{vm}" hands "{path}" to user {uid:d}')
+def step_guest_chown(context, vm, path, uid):
+    context.guest_result = context.driver.machine(vm).execute(["chown", f"{uid}:{uid}", path])
 
 
 @then('the guest of "{vm}" has no mount at "{target}"')
 def step_no_mount(context, vm, target):
-    mounts = Mounts(context.driver, vm).guest_mounts()
+    mounts = context.host.guest_mounts(context.driver.machine(vm))
     assert target not in mounts, f"expected no mount at {target} in '{vm}', the guest has it as {mounts[target]}"
 
 
-@then('no mount helper process remains for "{vm}"')
-def step_no_helpers(context, vm):
-    left = [p.pid for p in helper_processes(context.driver.vm_dir(vm))]
-    assert not left, f"expected no sshfs/sftp helper process for '{vm}', found pids {left}"
+@then('no process serves the mount of "{source}" any more')
+def step_no_helpers(context, source):
+    folder = (context.project.folder / source).resolve()
+    left = context.host.processes_mentioning(folder)
+    assert not left, f"expected no process serving {folder}, found {[(p.pid, p.name()) for p in left]}"
+
+
+def _config_mounts(context):
+    """The config's mounts as (source, target, vm), read with PyYAML; sources resolved against its folder."""
+    data = context.host.yaml(context.project.config_path) or {}
+    return [((context.project.folder / m["source"]).resolve(), m.get("target"), m.get("vm"))
+            for m in data.get("mounts") or []]
 
 
 @then('the config lists a mount of "{source}" at "{target}" in "{vm}"')
 def step_config_lists(context, source, target, vm):
     _ok(context)
-    m = load_config(context.project.config_path).mount(source)
-    assert (m.target, m.vm) == (target, vm), f"expected {source} -> {vm}:{target} in the config, found {m}"
+    wanted = ((context.project.folder / source).resolve(), target, vm)
+    assert wanted in _config_mounts(context), f"expected {source} -> {vm}:{target} in the config, " \
+                                              f"found {_config_mounts(context)}"
 
 
 @then('the config no longer lists a mount of "{source}"')
 def step_config_dropped(context, source):
-    given = [m.given for m in load_config(context.project.config_path).mounts]
-    assert source not in given, f"expected no mount of {source!r} in the config, it lists {given}"
+    folder = (context.project.folder / source).resolve()
+    left = [m for m in _config_mounts(context) if m[0] == folder]
+    assert not left, f"expected no mount of {source!r} in the config, it lists {left}"
 
 
 @then("the config is unchanged")

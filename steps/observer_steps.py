@@ -30,9 +30,9 @@ def _next_reports(context, since, passes=1):
     return found[:passes]
 
 
-@when('the QEMU process of "{name}" is killed with SIGKILL')
+@when('the process of VM "{name}" is killed with SIGKILL')
 def step_kill_qemu(context, name):
-    pid = context.driver.run_info(name)["pid"]
+    pid = context.host.vm_pid(context.driver.vm_dir(name))
     _mark(context)
     os.kill(pid, signal.SIGKILL)
     assert wait_exit(pid, 10.0), f"QEMU pid {pid} survived SIGKILL"
@@ -44,8 +44,8 @@ def step_delete_disk(context, name):
     (context.driver.vm_dir(name) / "disk.qcow2").unlink()
 
 
-@given("a stray QEMU named like the project's runs in the storage")
-@when("a stray QEMU named like the project's runs in the storage")
+@given("a stray VM process named like the project's runs in the storage")
+@when("a stray VM process named like the project's runs in the storage")
 def step_stray_qemu(context):
     folder = context.driver.storage / "stray-qemu"
     folder.mkdir()
@@ -81,7 +81,7 @@ def step_reported(context, kind, what):
     context.drift_reported = hits
 
 
-@then('within one observer interval the observer reports "{kind}" for the stray QEMU')
+@then('within one observer interval the observer reports "{kind}" for the stray VM process')
 def step_reported_stray(context, kind):
     step_reported(context, kind, f"QEMU pid {context.stray.pid}")
 
@@ -98,18 +98,18 @@ def step_observe_fix(context):
     context.result = context.project.operator("observe", "--fix")
 
 
-@then("the observer says it killed the stray QEMU")
+@then("the observer says it killed the stray VM process")
 def step_says_killed(context):
     r = context.result
     assert f"killed orphan QEMU pid {context.stray.pid}" in r.stdout, f"expected the fix to be reported; {r.describe()}"
 
 
-@then("the stray QEMU is gone")
+@then("the stray VM process is gone")
 def step_stray_gone(context):
     assert wait_exit(context.stray.pid, 10.0), f"expected the stray QEMU pid {context.stray.pid} killed, it runs"
 
 
-@given('the QEMU process of "{name}" was killed and the observer reported "{kind}"')
+@given('the process of VM "{name}" was killed and the observer reported "{kind}"')
 def step_killed_and_reported(context, name, kind):
     step_kill_qemu(context, name)
     step_reported(context, kind, name)

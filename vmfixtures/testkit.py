@@ -52,10 +52,12 @@ class Project:
         self.agents: dict[str, dict] = {}
         self.forwards: list[dict] = []
         self.backgrounds: list[Background] = []
+        self.render = None  # the product's config renderer (set by the product adapter)
+        self.config_name = "vmfixtures.yaml"
 
     @property
     def config_path(self) -> Path:
-        return self.folder / "vmfixtures.yaml"
+        return self.folder / self.config_name
 
     def declare_vm(self, name: str, **fields) -> None:
         """Add or change a VM in the config and write the file."""
@@ -74,13 +76,20 @@ class Project:
         self.forwards.append({"vm": vm, "kind": kind, "host": host, **({"guest": guest} if guest else {})})
         self.save()
 
-    def save(self) -> None:
-        """Write the config file from what was declared."""
+    def model(self) -> dict:
+        """What was declared, in neutral form (a product adapter renders its own config from it)."""
         data: dict = {"vms": self.vms}
         for section in ("mounts", "agents", "forwards"):
             if getattr(self, section):
                 data[section] = getattr(self, section)
-        self.write_config(data)
+        return data
+
+    def save(self) -> None:
+        """Write the config file from what was declared, in the product's format."""
+        if self.render is not None:
+            self.write_config(self.render(self.model()))
+        else:
+            self.write_config(self.model())
 
     def write_file(self, relative: str, text: str) -> Path:
         """Write a file of the project on the host (parents created)."""
@@ -100,14 +109,27 @@ class Project:
             env["VMFIXTURES_LEASE"] = self.lease
         return env
 
+    def run(self, argv: list[str], timeout: float = 600, input: str | None = None,
+            env: dict | None = None) -> CommandResult:
+        """Run a product's command line in the project folder against the run's storage
+        (``input`` on stdin, ``env`` on top of the run's environment)."""
+        proc = subprocess.run(argv, cwd=self.folder, env={**self._env(), **(env or {})}, capture_output=True,
+                              text=True, timeout=timeout, input=input,
+                              stdin=None if input is not None else subprocess.DEVNULL)
+        return CommandResult(list(argv), proc.returncode, proc.stdout, proc.stderr)
+
     def operator(self, *argv: str, timeout: float = 600, input: str | None = None,
                  env: dict | None = None) -> CommandResult:
-        """Run `vmfixtures ARGV...` in the project folder against the run's storage
-        (``input`` on stdin, ``env`` on top of the run's environment)."""
-        proc = subprocess.run([sys.executable, "-m", "vmfixtures", "--quiet", *argv], cwd=self.folder,
-                              env={**self._env(), **(env or {})}, capture_output=True, text=True, timeout=timeout,
-                              input=input, stdin=None if input is not None else subprocess.DEVNULL)
-        return CommandResult(list(argv), proc.returncode, proc.stdout, proc.stderr)
+        """Run `vmfixtures ARGV...` (see ``run``)."""
+        r = self.run([sys.executable, "-m", "vmfixtures", "--quiet", *argv], timeout, input, env)
+        return CommandResult(list(argv), r.exit_code, r.stdout, r.stderr)
+
+    def spawn(self, argv: list[str]) -> "Background":
+        """Start a long-running product command (repeated backups, ...); stopped with the scenario."""
+        proc = subprocess.Popen(argv, cwd=self.folder, env=self._env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        self.backgrounds.append(Background(proc, list(argv)))
+        return self.backgrounds[-1]
 
     def operator_on_config(self, *argv: str) -> CommandResult:
         """`vmfixtures ARGV... -c <config>`, remembering the config's text first (``config_before``)

@@ -67,6 +67,7 @@ SAVE_HEADER = struct.Struct("<16s19I")  # magic, version, data_len, was_running,
 _lock = threading.Lock()
 _conns: dict[tuple[int, str], object] = {}
 _stopped: dict[str, threading.Event] = {}
+_agent_up: dict[str, threading.Event] = {}
 
 
 def uri() -> str:
@@ -103,6 +104,7 @@ def connection():
             raise MissingDependency(f"cannot connect to libvirt at {key[1]}: {_why(exc)} (is libvirtd running? "
                                     "start it with `virtlogd -d; libvirtd -d`, or `systemctl start libvirtd`)") from None
         conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, _on_lifecycle, None)
+        conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_AGENT_LIFECYCLE, _on_agent, None)
         _conns[key] = conn
         return conn
 
@@ -117,6 +119,14 @@ def _on_lifecycle(conn, dom, event, detail, opaque) -> None:
     if event in (libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_UNDEFINED):
         with _lock:
             waiter = _stopped.get(dom.name())
+        if waiter:
+            waiter.set()
+
+
+def _on_agent(conn, dom, state, reason, opaque) -> None:
+    if state == _libvirt().VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_STATE_CONNECTED:
+        with _lock:
+            waiter = _agent_up.get(dom.name())
         if waiter:
             waiter.set()
 
@@ -252,8 +262,36 @@ class LibvirtBackend(QemuBackend):
         _write_json(run / "run.json", info)
         return DomainBoot(self, name, info, offset, progress, vm_dir)
 
+    def wait_ready(self, name: str, boot):
+        """The ready line on the console, then libvirt's word that the guest agent is connected
+        (it serialises agent access and refuses commands before that)."""
+        machine = super().wait_ready(name, boot)
+        try:
+            self.wait_agent(name, self.accel().scale(30))
+        except BaseException as exc:
+            raise boot.abandon(exc, f"VM '{name}' failed to boot") from None
+        return machine
+
     def _load_memory(self, name: str, mem: Path) -> None:
-        pass  # libvirt restored the memory when it started the domain (launch)
+        """libvirt restored the memory when it started the domain (launch); what is left is to wait
+        until libvirt sees the guest agent's port open again (its agent lifecycle event)."""
+        self.wait_agent(name, self.accel().scale(30))
+
+    def wait_agent(self, name: str, timeout: float) -> None:
+        """Block until libvirt reports the guest agent connected (live XML, else its lifecycle event)."""
+        domain = self._meta(name)["domain"]
+        with _lock:
+            event = _agent_up.setdefault(domain, threading.Event())
+        try:
+            dom = self._domain(name)
+            if dom is None:
+                raise GuestError(f"VM '{name}' is not running")
+            if "state='connected'" in dom.XMLDesc(0) or event.wait(timeout):
+                return
+            raise Timeout(f"VM '{name}': the guest agent did not connect within {timeout:.0f}s")
+        finally:
+            with _lock:
+                _agent_up.pop(domain, None)
 
     def _ssh_port(self, name: str) -> int:
         """Add a forward of a free 127.0.0.1 port to the guest's sshd (libvirt offers none for

@@ -148,6 +148,8 @@ class Pool:
             driver.wait_restored(spec.name, boot)
             driver.release(spec.name)  # the requester connects to the guest agent next
         except BaseException:
+            if driver.state(spec.name).value != "missing":
+                driver.destroy(spec.name)  # a VM that failed to restore leaves no folder behind
             self.ledger.vm_destroyed(vm_id)
             raise
         self.ledger.update_vm(vm_id, state=state)

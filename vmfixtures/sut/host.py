@@ -1,0 +1,189 @@
+"""Independent facts about the host and the guests, for steps to judge a product by.
+
+Nothing here calls a product's code or reads its records to decide whether it
+was right: snapshots are folders on disk, processes are rows of the process
+table with their start times, YAML is parsed with PyYAML, and a guest is asked
+about itself (its boot id, its memory, its mounts) through its own agent.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import yaml
+
+# A snapshot folder still being written carries one of these marks in its name
+# (vmfixtures: "-partial"; rsync-based tools commonly ".partial", ".tmp", ".inprogress").
+PARTIAL = re.compile(r"(partial|\.tmp$|-tmp$|inprogress|incomplete)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class FileFact:
+    """What identifies a file's content on disk: untouched means all four are equal."""
+
+    inode: int
+    size: int
+    mtime_ns: int
+    mode: int
+
+
+class Host:
+    """The host as an independent witness."""
+
+    # -- files -------------------------------------------------------------
+    @staticmethod
+    def snapshots(dest: Path) -> list[Path]:
+        """Complete snapshots: the visible folders directly under ``dest`` that are not marked
+        partial, in name order (products name snapshots by time, so that is their age order)."""
+        dest = Path(dest)
+        if not dest.is_dir():
+            return []
+        return sorted(p for p in dest.iterdir()
+                      if p.is_dir() and not p.is_symlink() and not p.name.startswith(".") and not PARTIAL.search(p.name))
+
+    @staticmethod
+    def partial_snapshots(dest: Path) -> list[Path]:
+        dest = Path(dest)
+        return sorted(p for p in dest.iterdir() if PARTIAL.search(p.name)) if dest.is_dir() else []
+
+    @staticmethod
+    def tree(folder: Path) -> dict[str, FileFact]:
+        """Every path under ``folder`` with inode, size, mtime and mode (symlinks not followed)."""
+        folder = Path(folder)
+        if not folder.exists():
+            return {}
+        facts = {}
+        for p in [folder, *folder.rglob("*")]:
+            st = p.lstat()
+            facts[p.relative_to(folder).as_posix()] = FileFact(st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode)
+        return facts
+
+    @staticmethod
+    def same_file(a: Path, b: Path) -> bool:
+        """One and the same file (a hard link), not merely equal content."""
+        sa, sb = os.stat(a), os.stat(b)
+        return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+    @staticmethod
+    def owner(path: Path) -> int:
+        return os.lstat(path).st_uid
+
+    @staticmethod
+    def mode(path: Path) -> int:
+        return stat.S_IMODE(os.lstat(path).st_mode)
+
+    @staticmethod
+    def yaml(path: Path):
+        """A YAML file as PyYAML reads it (not through any product's loader)."""
+        return yaml.safe_load(Path(path).read_text())
+
+    # -- processes ---------------------------------------------------------
+    @staticmethod
+    def process(pid: int, started: float | None = None) -> psutil.Process | None:
+        """The process ``pid`` if it runs (and started at ``started``, when given); zombies count as gone."""
+        try:
+            proc = psutil.Process(pid)
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return None
+            if started is not None and abs(proc.create_time() - started) > 0.01:
+                return None
+            return proc
+        except psutil.Error:
+            return None
+
+    @staticmethod
+    def listeners(port: int) -> list[tuple[str, int | None]]:
+        """(address, pid) of every TCP socket listening on ``port``."""
+        return [(c.laddr.ip, c.pid) for c in psutil.net_connections("tcp")
+                if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
+
+    @staticmethod
+    def processes_mentioning(path: Path) -> list[psutil.Process]:
+        """Processes (other than this one) whose command line names ``path``."""
+        needle = str(path)
+        found = []
+        for proc in psutil.process_iter(["cmdline"]):
+            if proc.pid != os.getpid() and any(needle in arg for arg in proc.info["cmdline"] or []):
+                found.append(proc)
+        return found
+
+    @staticmethod
+    def vm_processes(folder: Path) -> list[psutil.Process]:
+        """Hypervisor processes (QEMU named ``vmfx-*``) working in ``folder`` or holding a file in it."""
+        prefix = str(Path(folder).resolve()) + "/"
+        found = []
+        for proc in psutil.process_iter(["cmdline"]):
+            if not any(a.startswith("guest=vmfx-") for a in proc.info["cmdline"] or []):
+                continue
+            try:
+                if (proc.cwd() + "/").startswith(prefix) or any(f.path.startswith(prefix) for f in proc.open_files()):
+                    found.append(proc)
+            except psutil.Error:
+                continue
+        return found
+
+    @classmethod
+    def vm_pid(cls, folder: Path) -> int:
+        """The one VM process of the VM in ``folder``; AssertionError when there is none or several."""
+        procs = cls.vm_processes(folder)
+        assert len(procs) == 1, f"expected one process for the VM in {folder}, found {[p.pid for p in procs]}"
+        return procs[0].pid
+
+    # -- the fixture daemon's ledger, read as a file -----------------------------
+    @staticmethod
+    def ledger_vms(path: Path) -> list[dict]:
+        """Live VM rows of a ledger, read with sqlite3 in read-only mode (not through the daemon)."""
+        import sqlite3
+
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            rows = db.execute("SELECT storage, name, state FROM vms WHERE state != 'destroyed'").fetchall()
+        finally:
+            db.close()
+        return [{"storage": s, "name": n, "state": st} for s, n, st in rows]
+
+    @classmethod
+    def ledger_disagreements(cls, rows: list[dict]) -> list[str]:
+        """What the process table and the disks say against the ledger rows."""
+        found = []
+        for row in rows:
+            folder = Path(row["storage"]) / row["name"]
+            running = cls.vm_processes(folder)
+            if row["state"] in ("leased", "pooled") and not running:
+                found.append(f"{folder}: ledger says {row['state']}, no VM process holds it")
+            if row["state"] in ("leased", "pooled") and not (folder / "disk.qcow2").exists():
+                found.append(f"{folder}: ledger says {row['state']}, its disk is missing")
+        for storage in {r["storage"] for r in rows}:
+            known = {Path(r["storage"]) / r["name"] for r in rows if r["storage"] == storage}
+            for proc in cls.vm_processes(Path(storage)):
+                if not any(cls.vm_processes(k) and proc.pid in {p.pid for p in cls.vm_processes(k)} for k in known):
+                    found.append(f"pid {proc.pid} runs a VM under {storage} that no ledger row holds")
+        return found
+
+    # -- guests --------------------------------------------------------------
+    @staticmethod
+    def guest_mounts(machine) -> dict[str, str]:
+        """Mount point -> file-system type, as the guest's own /proc/mounts says."""
+        found = {}
+        for line in machine.read_file("/proc/mounts").decode().splitlines():
+            fields = line.split()
+            if len(fields) >= 3:
+                found[fields[1].replace("\\040", " ")] = fields[2]
+        return found
+
+    @staticmethod
+    def guest_resources(machine) -> dict[str, int]:
+        """CPUs and memory as the guest kernel sees them."""
+        cpus = int(machine.succeed(["nproc"]).strip())
+        meminfo = machine.read_file("/proc/meminfo").decode()
+        total_kib = int(re.search(r"MemTotal:\s+(\d+) kB", meminfo).group(1))
+        return {"cpus": cpus, "memory_kib": total_kib}
+
+    @staticmethod
+    def boot_id(machine) -> str:
+        return machine.read_file("/proc/sys/kernel/random/boot_id").decode().strip()
