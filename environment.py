@@ -25,8 +25,10 @@ import sys
 import time
 from pathlib import Path
 
+from behave.fixture import fixture, use_fixture, use_fixture_by_tag
+
 from vmfixtures import backends, capabilities
-from vmfixtures.errors import VmfError
+from vmfixtures.errors import ConfigError, VmfError
 from vmfixtures.client import Heartbeat, ensure_daemon
 from vmfixtures.conformance import Recorder, capability
 from vmfixtures.sut import PRODUCTS, Host, open_product
@@ -138,6 +140,9 @@ def before_feature(context, feature):
 
 
 def _capability(context, name):
+    if name == "daemon":  # the fixture daemon is this run's choice, not the host's
+        return capabilities.Capability(context.client is not None,
+                                       "VMFIXTURES_DAEMON=off: this run boots VMs itself, without the fixture daemon")
     if name not in context.capabilities:
         context.capabilities[name] = capabilities.probe(name, backend=getattr(context, "backend", None))
     return context.capabilities[name]
@@ -164,13 +169,13 @@ def before_scenario(context, scenario):
     if context.client is not None and not context.client.alive():
         _connect_daemon(context)  # a scenario may have killed it on purpose
     context.lease = None
-    if context.client is not None:
-        if SHARED_TAG in scenario.effective_tags:
-            if context.feature_lease is None:
-                context.feature_lease = _open_lease(context, "feature", scenario.feature.name)
-            context.lease = context.feature_lease
-        else:
-            context.lease = _open_lease(context, "scenario", scenario.name)
+    fixture_tags = [t for t in scenario.effective_tags if t.startswith("fixture.")]
+    for tag in fixture_tags:
+        if tag not in FIXTURES:
+            raise ConfigError(f"@{tag}: unknown fixture tag (known: {', '.join('@' + t for t in FIXTURES)})")
+        use_fixture_by_tag(tag, context, FIXTURES)
+    if context.lease is None and context.client is not None:
+        context.lease = use_fixture(scenario_lease, context, scenario.name)
     context.project.lease = context.lease
     context.scenario_started = time.time()
     context.fixtures = Fixtures(context.scope, context.client)
@@ -229,10 +234,33 @@ def _end_lease(context, lease_id, what):
     assert not survivors, f"VMs of '{what}' survived the end of their lease: {survivors}"
 
 
-def after_feature(context, feature):
-    if getattr(context, "feature_lease", None) and context.client is not None:
-        _end_lease(context, context.feature_lease, feature.name)
-        context.feature_lease = None
+@fixture
+def scenario_lease(context, name):
+    """The default: a lease for this scenario alone; after_scenario ends it and proves its VMs gone."""
+    yield _open_lease(context, "scenario", name)
+
+
+@fixture
+def shared_vm_lease(context):
+    """@fixture.vm.shared: the tagged scenarios of a feature share one lease (so one VM each);
+    it ends, and its VMs are proven gone, when the feature ends."""
+    if context.client is None:
+        yield None  # embedded: VMs live in the run's storage until the scenario's cleanup
+        return
+    if context.feature_lease is None:
+        context.feature_lease = _open_lease(context, "feature", context.feature.name)
+        context.add_cleanup(_end_feature_lease, context, context.feature.name, layer="feature")
+    context.lease = context.feature_lease
+    yield context.lease
+
+
+def _end_feature_lease(context, name):
+    if context.feature_lease and context.client is not None:
+        lease, context.feature_lease = context.feature_lease, None
+        _end_lease(context, lease, name)
+
+
+FIXTURES = {SHARED_TAG: shared_vm_lease}  # @fixture.* tags the specification understands
 
 
 def _attach_consoles(context, scenario):

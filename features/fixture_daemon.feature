@@ -1,4 +1,4 @@
-@p0 @daemon @requires.qemu
+@p0 @daemon @requires.qemu @requires.daemon
 Feature: Fixture daemon
   Booting a real VM takes seconds, and test runs crash. The fixture daemon
   keeps restored VMs warm, so a scenario gets one in a blink, and it destroys

@@ -1,4 +1,4 @@
-@p0 @observer @requires.qemu
+@p0 @observer @requires.qemu @requires.daemon
 Feature: Observer
   The ledger holds what the harness believes exists; the observer checks that
   belief against the machine: processes, disk files, mounts inside guests.

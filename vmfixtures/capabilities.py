@@ -83,6 +83,6 @@ def probe(name: str, accel_name: str | None = None, backend=None) -> Capability:
             return Capability(True)
         return Capability(False, f"the {backend.name} backend does not offer {name}")
     if name not in PROBES:
-        known = ", ".join(sorted([*PROBES, "kvm", *CAPABILITIES]))
+        known = ", ".join(sorted([*PROBES, "kvm", "daemon", *CAPABILITIES]))
         raise ConfigError(f"@requires.{name}: unknown capability (known: {known})")
     return PROBES[name]()

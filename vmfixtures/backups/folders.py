@@ -60,12 +60,17 @@ def snapshots(dest: Path) -> list[Path]:
     return sorted(p for p in Path(dest).iterdir() if p.is_dir() and SNAPSHOT_RE.match(p.name))
 
 
-def ensure_writable(dest: Path) -> None:
-    """Create ``dest`` if needed and prove we can write there (PermissionDenied otherwise)."""
+def ensure_writable(dest: Path, probe_now: bool = True) -> None:
+    """Create ``dest`` if needed and prove we can write there (PermissionDenied otherwise).
+
+    The proof writes (and removes) a file, which changes the folder's mtime: a caller that may
+    still refuse for another reason passes ``probe_now=False`` and probes right before writing."""
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise PermissionDenied(f"cannot create the backup destination {dest}: {exc.strerror}") from None
+    if not probe_now:
+        return
     probe = dest / f".write-test-{time.time_ns()}"
     try:
         probe.touch()
@@ -79,7 +84,7 @@ def _check(source: Path, dest: Path) -> None:
         raise MissingDependency("'rsync' not found: install the Debian package 'rsync'")
     if not source.is_dir():
         raise ConfigError(f"backup source {source} does not exist or is not a folder")
-    ensure_writable(dest)
+    ensure_writable(dest, probe_now=False)  # probed once a snapshot is known to be needed
     if dest.resolve().is_relative_to(source.resolve()):
         raise ConfigError(f"backup destination {dest} lies inside its source {source}")
 
@@ -124,6 +129,7 @@ def backup_once(source: Path, dest: Path, now: datetime | None = None) -> Backup
         if final.exists():  # same microsecond: keep names unique and ordered
             stamp = datetime.now().strftime("%Y%m%dT%H%M%S.%f")
             final = dest / stamp
+        ensure_writable(dest)
         partial = dest / f"{stamp}{PARTIAL_SUFFIX}"
         args = ["-a", "--delete"]
         if previous is not None:
