@@ -20,6 +20,7 @@ import atexit
 import json
 import os
 import re
+import shutil
 import signal
 import sys
 import time
@@ -77,6 +78,13 @@ def _userdata(context):
         _refuse("-D agsekit names the agsekit command; it needs -D product=agsekit")
     context.product_name = product
     context.product_options = {k: v for k, v in context.config.userdata.items() if k == "agsekit"}
+    if product == "agsekit":
+        from vmfixtures.sut.agsekit import default_command
+
+        command = context.product_options.get("agsekit") or str(default_command())
+        if not (shutil.which(command) or Path(command).is_file()):
+            _refuse(f"-D product=agsekit: no agsekit at {command} (`./bootstrap test` installs it into "
+                    ".venv-agsekit; or give -D agsekit=PATH)", 5)
     try:
         return backends.chosen(context.config.userdata.get("backend"), "-D backend")
     except VmfError as exc:

@@ -1,4 +1,4 @@
-@p1 @backups @requires.qemu @requires.dirty-bitmap-backups
+@p1 @disk-backups @requires.qemu @requires.dirty-bitmap-backups
 Feature: VM disk backups
   A VM's disk is backed up while it runs: one full backup, then incremental
   ones that hold only the blocks that changed. A chain of them restores into

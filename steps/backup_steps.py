@@ -28,8 +28,10 @@ def _backup(context, source, folder, at=None):
     return context.outcome
 
 
-def _wait_snapshots(context, dest, at_least, timeout=30.0):
-    """Until ``dest`` holds ``at_least`` complete snapshots, as the file system shows them."""
+def _wait_snapshots(context, dest, at_least):
+    """Until ``dest`` holds ``at_least`` complete snapshots, as the file system shows them
+    (within two of the product's shortest intervals, and at least 30 s)."""
+    timeout = max(30.0, 2 * context.sut.min_interval + 10)
     deadline = time.monotonic() + timeout
     while len(context.host.snapshots(dest)) < at_least:
         background = context.background
@@ -165,12 +167,12 @@ def step_history(context, n, folder):
 
 @when('the operator keeps the last {n:d} snapshots of "{folder}"')
 def step_tail(context, n, folder):
-    context.outcome = context.sut.clean_tail(_dest(context, folder), n)
+    context.outcome = context.sut.clean_tail(context.project.folder / folder, _dest(context, folder), n)
 
 
 @when('the operator thins the snapshots of "{folder}" to {n:d}')
 def step_thin(context, folder, n):
-    context.outcome = context.sut.clean_thin(_dest(context, folder), n)
+    context.outcome = context.sut.clean_thin(context.project.folder / folder, _dest(context, folder), n)
 
 
 @then('the {n:d} newest of the {m:d} snapshots of "{folder}" remain')

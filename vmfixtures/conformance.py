@@ -40,12 +40,12 @@ class Cell:
         return f"skipped: {reason}"
 
 
-def capability(feature_tags: list[str]) -> str:
+def capability(feature_tags: list[str]) -> str | None:
     """The feature's capability: its first tag that is not a priority, @reference or @requires/@fixture."""
     for tag in feature_tags:
         if tag not in NON_CAPABILITY and not tag.startswith(("requires.", "fixture.", "observer.")):
             return tag
-    return "other"
+    return None
 
 
 def load(path: Path) -> dict:
@@ -66,7 +66,7 @@ def table(records: list[dict]) -> tuple[list[str], dict[str, dict[str, Cell]]]:
     cells: dict[str, dict[str, Cell]] = defaultdict(lambda: defaultdict(Cell))
     for record in records:
         for s in record["scenarios"]:
-            cell = cells[capability(s["feature_tags"])][record["run"]]
+            cell = cells[capability(s["feature_tags"]) or "other"][record["run"]]
             if s["status"] == "passed":
                 cell.passed += 1
             elif s["status"] == "skipped":

@@ -35,8 +35,17 @@ class CommandResult:
     stderr: str
 
     def describe(self) -> str:
-        return (f"`vmfixtures {' '.join(self.argv)}` exited {self.exit_code}\n"
+        return (f"`{_shown(self.argv)}` exited {self.exit_code}\n"
                 f"  stdout: {self.stdout.strip()!r}\n  stderr: {self.stderr.strip()!r}")
+
+
+def _shown(argv: list[str]) -> str:
+    """How a command is named in messages: `vmfixtures ARGS` for ours, the program's own name otherwise."""
+    if len(argv) > 2 and argv[1:3] == ["-m", "vmfixtures"]:
+        return "vmfixtures " + " ".join(a for a in argv[3:] if a != "--quiet")
+    if argv and ("/" in argv[0] or argv[0] == "faketime"):
+        return " ".join([Path(argv[0]).name, *argv[1:]])
+    return "vmfixtures " + " ".join(argv)  # Project.operator's results carry only the arguments
 
 
 class Project:
@@ -126,7 +135,11 @@ class Project:
 
     def spawn(self, argv: list[str]) -> "Background":
         """Start a long-running product command (repeated backups, ...); stopped with the scenario."""
-        proc = subprocess.Popen(argv, cwd=self.folder, env=self._env(), stdout=subprocess.PIPE,
+        return self.spawn_with(argv, {})
+
+    def spawn_with(self, argv: list[str], env: dict) -> "Background":
+        """``spawn`` with ``env`` on top of the run's environment."""
+        proc = subprocess.Popen(argv, cwd=self.folder, env={**self._env(), **env}, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
         self.backgrounds.append(Background(proc, list(argv)))
         return self.backgrounds[-1]
@@ -178,11 +191,11 @@ class Background:
             try:
                 line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
-                raise AssertionError(f"`vmfixtures {' '.join(self.argv)}` printed no line starting with "
+                raise AssertionError(f"`{_shown(self.argv)}` printed no line starting with "
                                      f"{prefix!r} within {timeout:.0f}s; so far: {self.lines}") from None
             if line is None:
                 self._queue.put(None)  # later waits see the end too
-                raise AssertionError(f"`vmfixtures {' '.join(self.argv)}` exited {self.proc.wait()}: "
+                raise AssertionError(f"`{_shown(self.argv)}` exited {self.proc.wait()}: "
                                      f"{self.stderr().strip()}; output: {self.lines}")
             self.lines.append(line)
             if line.startswith(prefix):

@@ -61,9 +61,10 @@ class Product(ABC):
     #: capabilities (features' capability tags) this product offers
     supports: frozenset[str] = frozenset()
 
-    def lacks(self, capability: str) -> str | None:
-        """None when supported, else the reason a scenario about ``capability`` skips."""
-        if capability in self.supports:
+    def lacks(self, capability: str | None) -> str | None:
+        """None when supported (or when the feature names no capability), else the reason a
+        scenario about ``capability`` skips."""
+        if capability is None or capability in self.supports:
             return None
         return f"{self.name} does not offer {capability} (it offers: {', '.join(sorted(self.supports))})"
 
@@ -103,10 +104,15 @@ class Product(ABC):
     def backup_repeated_all(self) -> subprocess.Popen:
         self._unsupported("back up every mount repeatedly")
 
-    def clean_tail(self, dest: Path, keep: int) -> Outcome:
+    #: the shortest interval repeated backups can be given, in seconds
+    min_interval: float = 1.0
+
+    def clean_tail(self, source: Path, dest: Path, keep: int) -> Outcome:
+        """Keep the ``keep`` newest snapshots of ``source`` in ``dest``."""
         self._unsupported("keep the newest snapshots")
 
-    def clean_thin(self, dest: Path, keep: int) -> Outcome:
+    def clean_thin(self, source: Path, dest: Path, keep: int) -> Outcome:
+        """Thin the snapshots of ``source`` in ``dest`` down to ``keep``."""
         self._unsupported("thin snapshots")
 
     def snapshot_name(self, when: datetime) -> str:

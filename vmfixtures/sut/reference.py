@@ -30,8 +30,8 @@ class Vmfixtures(Product):
     """Drives ``python -m vmfixtures`` in the scenario's project folder."""
 
     name = "vmfixtures"
-    supports = frozenset({"backups", "lifecycle", "daemon", "mounts", "agents", "forwarding", "connectivity",
-                          "observer", "cli"})
+    supports = frozenset({"backups", "disk-backups", "vm-snapshots", "lifecycle", "daemon", "mounts", "agents",
+                          "forwarding", "connectivity", "observer", "cli"})
 
     def __init__(self, project):
         self.project = project
@@ -75,10 +75,10 @@ class Vmfixtures(Product):
     def backup_repeated_all(self) -> subprocess.Popen:
         return self.project.spawn(self.argv("backup-repeated-all", "-c", str(self.project.config_path)))
 
-    def clean_tail(self, dest: Path, keep: int) -> Outcome:
+    def clean_tail(self, source: Path, dest: Path, keep: int) -> Outcome:
         return self.run("backup-clean tail", "backup-clean", str(dest), "tail", str(keep))
 
-    def clean_thin(self, dest: Path, keep: int) -> Outcome:
+    def clean_thin(self, source: Path, dest: Path, keep: int) -> Outcome:
         return self.run("backup-clean thin", "backup-clean", str(dest), "thin", str(keep))
 
     def snapshot_name(self, when: datetime) -> str:
