@@ -86,6 +86,7 @@ Feature: Folder backups
     Then the backup is refused because the destination is not writable
     And the snapshots of "work" are untouched
 
+  @reference
   Scenario: A corrupt previous snapshot stops the backup before anything changes
     Given the operator backed up "work" once
     And a corrupt snapshot lies among the backups of "work"

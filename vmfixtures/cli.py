@@ -410,7 +410,14 @@ def cmd_conformance(args) -> int:
     files = args.records or sorted(Path("reports/conformance").glob("*.json"))
     if not files:
         raise errors.ConfigError("no conformance records given and none in reports/conformance/ (run the spec first)")
-    records = [conformance.load(Path(f)) for f in files]
+    records = sorted((conformance.load(Path(f)) for f in files), key=conformance.run_order)
+    if args.summary:
+        counts = {k: sum(1 for r in records for sc in r["scenarios"] if sc["status"] == k)
+                  for k in ("passed", "failed", "skipped")}
+        counts["failed"] += sum(1 for r in records for sc in r["scenarios"]
+                                if sc["status"] not in ("passed", "failed", "skipped"))
+        print(f"spec: {counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped")
+        return 1 if counts["failed"] else 0
     if args.json:
         print(json.dumps(conformance.as_json(records), indent=2))
     else:
@@ -927,6 +934,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(reports/conformance/*.json, written by every behave run)")
     cf.add_argument("records", nargs="*", type=Path, help="conformance records (default: reports/conformance/*.json)")
     cf.add_argument("--json", action="store_true", help="machine-readable, with each failure")
+    cf.add_argument("--summary", action="store_true", help="one line: N passed, N failed, N skipped (exit 1 on a failure)")
     cf.set_defaults(func=cmd_conformance)
     c = sub.add_parser("console", help="print a VM's serial console log")
     c.add_argument("name", help="VM name, or a daemon lease id")

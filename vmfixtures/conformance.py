@@ -48,6 +48,14 @@ def capability(feature_tags: list[str]) -> str | None:
     return None
 
 
+def run_order(record: dict) -> tuple:
+    """Our own product first, then by backend (qemu, libvirt, multipass), then by name."""
+    backends = ("qemu", "libvirt", "multipass")
+    backend = record.get("backend", "")
+    return (record.get("product", "vmfixtures") != "vmfixtures",
+            backends.index(backend) if backend in backends else len(backends), record["run"])
+
+
 def load(path: Path) -> dict:
     try:
         data = json.loads(Path(path).read_text())

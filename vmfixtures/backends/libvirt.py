@@ -419,18 +419,7 @@ class LibvirtBackend(QemuBackend):
 
     def save_vm_snapshot(self, name: str, tag: str) -> Path:
         """Memory + disk as ``tag``; the VM goes on running (libvirt saves, then restores it at once)."""
-        from ..spec import check_name
-
-        check_name(tag, "snapshot tag")
-        proc = self.process(name)
-        if not proc:
-            raise GuestError(f"VM '{name}' is not running; only a running VM can be snapshotted")
-        dest = self.vm_dir(name) / "snapshots" / tag
-        if dest.exists():
-            raise Mismatch(f"VM '{name}' already has a snapshot '{tag}'; delete it or choose another tag")
-        partial = dest.with_name(f".{tag}.partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
+        proc, dest, partial = self._new_snapshot_folder(name, tag)
         self.release(name)
         kill_helpers(self.vm_dir(name))
         try:

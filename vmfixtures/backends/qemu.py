@@ -508,13 +508,8 @@ class QemuBackend(Backend):
         return m
 
     # -- named VM snapshots (memory + disk) -----------------------------------
-    def save_vm_snapshot(self, name: str, tag: str) -> Path:
-        """Save a running VM's memory and disk as ``tag``; the VM keeps running.
-
-        The guest is paused, its memory migrated to ``mem.state`` (completion
-        flushes and releases the disk), the disk overlay copied, and the guest
-        resumed: the pause lasts about as long as the memory write.
-        """
+    def _new_snapshot_folder(self, name: str, tag: str) -> tuple[psutil.Process, Path, Path]:
+        """(the running VM's process, the snapshot's folder, an empty partial folder to fill first)."""
         check_name(tag, "snapshot tag")
         proc = self.process(name)
         if not proc:
@@ -525,6 +520,16 @@ class QemuBackend(Backend):
         partial = dest.with_name(f".{tag}.partial")
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
+        return proc, dest, partial
+
+    def save_vm_snapshot(self, name: str, tag: str) -> Path:
+        """Save a running VM's memory and disk as ``tag``; the VM keeps running.
+
+        The guest is paused, its memory migrated to ``mem.state`` (completion
+        flushes and releases the disk), the disk overlay copied, and the guest
+        resumed: the pause lasts about as long as the memory write.
+        """
+        proc, dest, partial = self._new_snapshot_folder(name, tag)
         try:
             with self._qmp(name) as qmp:
                 qmp.cmd("migrate-set-capabilities", capabilities=[{"capability": "events", "state": True}])

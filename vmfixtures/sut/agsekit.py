@@ -36,6 +36,7 @@ class Agsekit(Product):
     name = "agsekit"
     supports = frozenset({"backups"})  # VMs, mounts, agents and forwarding need Multipass: not on this host
     config_name = "agsekit.yaml"
+    snapshot_format = SNAPSHOT_FORMAT
     min_interval = 60.0  # backup-repeated counts its --interval in whole minutes
 
     def __init__(self, project, command: str | None = None):
@@ -112,15 +113,6 @@ class Agsekit(Product):
 
     def clean_thin(self, source: Path, dest: Path, keep: int) -> Outcome:
         return self._clean(source, dest, keep, "thin")
-
-    def snapshot_name(self, when: datetime) -> str:
-        return when.strftime(SNAPSHOT_FORMAT)
-
-    def snapshot_time(self, name: str) -> datetime | None:
-        try:
-            return datetime.strptime(name, SNAPSHOT_FORMAT)
-        except ValueError:
-            return None
 
 
 def classify(action: str, argv: list[str], code: int, stdout: str, stderr: str) -> Outcome:

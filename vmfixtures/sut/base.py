@@ -115,10 +115,11 @@ class Product(ABC):
         """Thin the snapshots of ``source`` in ``dest`` down to ``keep``."""
         self._unsupported("thin snapshots")
 
+    #: strftime pattern the product names its snapshot folders with
+    snapshot_format: str | None = None
+
     def snapshot_name(self, when: datetime) -> str:
         """The folder name the product gives a snapshot taken at ``when`` (its naming, not a check)."""
-        self._unsupported("name snapshots")
-
-    def snapshot_time(self, name: str) -> datetime | None:
-        """When the snapshot called ``name`` was taken, read from the product's naming; None if it is none."""
-        self._unsupported("name snapshots")
+        if not self.snapshot_format:
+            self._unsupported("name snapshots")
+        return when.strftime(self.snapshot_format)

@@ -33,6 +33,8 @@ class Vmfixtures(Product):
     supports = frozenset({"backups", "disk-backups", "vm-snapshots", "lifecycle", "daemon", "mounts", "agents",
                           "forwarding", "connectivity", "observer", "cli"})
 
+    snapshot_format = SNAPSHOT_FORMAT
+
     def __init__(self, project):
         self.project = project
 
@@ -80,15 +82,6 @@ class Vmfixtures(Product):
 
     def clean_thin(self, source: Path, dest: Path, keep: int) -> Outcome:
         return self.run("backup-clean thin", "backup-clean", str(dest), "thin", str(keep))
-
-    def snapshot_name(self, when: datetime) -> str:
-        return when.strftime(SNAPSHOT_FORMAT)
-
-    def snapshot_time(self, name: str) -> datetime | None:
-        try:
-            return datetime.strptime(name, SNAPSHOT_FORMAT)
-        except ValueError:
-            return None
 
 
 def classify(action: str, argv: list[str], code: int, stdout: str, stderr: str) -> Outcome:
