@@ -121,11 +121,35 @@ def before_all(context):
     accel = driver.accel()
     _say(f"backend {backend}; accelerator {accel.name} ({accel.reason}); storage {context.scope.storage}")
     context.capabilities["kvm"] = capabilities.probe("kvm", accel.name)
+    _report_environment(context, driver, accel)
     if _use_daemon():
         _connect_daemon(context)
         context.heartbeat = Heartbeat(context.client, context.scope.id, LEASE_TTL / 3).start()
     else:
         _say("VMFIXTURES_DAEMON=off: VMs are booted by this process, without the warm pool")
+
+
+def _report_environment(context, driver, accel):
+    """What ran, for the Allure report (environment.properties) and the conformance record."""
+    import platform
+    import subprocess
+
+    qemu = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True).stdout.split("\n")[0]
+    facts = {"backend": driver.name, "accelerator": accel.name, "accelerator.reason": accel.reason,
+             "qemu": qemu.strip(), "guest.image": driver.image().key, "product": context.product_name,
+             "host.cores": str(os.cpu_count()), "python": platform.python_version()}
+    if driver.name == "libvirt":
+        from vmfixtures.backends.libvirt import connection, uri
+
+        version = connection().getLibVersion()
+        facts["libvirt"] = f"{version // 1000000}.{version // 1000 % 1000}.{version % 1000} at {uri()}"
+    context.recorder.meta.update(facts)
+    for fmt, out in zip(context.config.format or [], context.config.outputs or []):
+        if "allure" in fmt.lower() and getattr(out, "name", None):
+            folder = Path(out.name)
+            folder.mkdir(parents=True, exist_ok=True)
+            lines = [f"{k}={v}".replace("\n", " ") for k, v in facts.items()]
+            (folder / "environment.properties").write_text("\n".join(lines) + "\n")
 
 
 def _connect_daemon(context):

@@ -157,3 +157,49 @@ def test_a_remote_hypervisor_is_a_libvirt_uri(loopback_sshd, tmp_path, monkeypat
         for name in remote.names():
             remote.destroy(name)
     assert domain not in running_domains()
+
+
+def test_the_observer_sees_a_domain_destroyed_behind_its_back_and_a_stray_domain(lv, tmp_path):
+    """Drift staged with virsh itself: the ledger says leased, libvirt says gone; and a domain with
+    the project's prefix that no ledger row holds. --fix destroys the stray, and only it."""
+    import psutil
+
+    from vmfixtures.daemon.ledger import Ledger
+    from vmfixtures.observer import Observer
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    try:
+        lv.create(VMSpec("web"))
+        me = psutil.Process()
+        lease = ledger.add_lease(me.pid, me.create_time(), "test", "scenario", None, 30)
+        vm_id = ledger.add_vm(str(lv.storage), "web", VMSpec("web").to_dict(), "leased", lease_id=lease,
+                              backend="libvirt")
+        pid = lv.process_id("web")
+        ledger.add_process(pid.pid, pid.started, vm_id)
+        assert Observer(ledger, tmp_path).run().findings == [], "a healthy libvirt VM must not be drift"
+
+        virsh("destroy", lv.domain_name("web"))
+        stray = f"vmfx-stray-{os.getpid()}"
+        (tmp_path / "stray.xml").write_text(
+            f"<domain type='qemu'><name>{stray}</name><memory unit='MiB'>32</memory>"
+            f"<metadata><vmfx:vm xmlns:vmfx='https://vmfixtures.invalid/domain/1' storage='{lv.storage.resolve()}' "
+            "name='stray'/></metadata><os><type arch='x86_64' machine='pc'>hvm</type></os><devices/></domain>")
+        virsh("create", str(tmp_path / "stray.xml"))
+        foreign = f"not-ours-{os.getpid()}"
+        (tmp_path / "foreign.xml").write_text(
+            f"<domain type='qemu'><name>{foreign}</name><memory unit='MiB'>32</memory>"
+            "<os><type arch='x86_64' machine='pc'>hvm</type></os><devices/></domain>")
+        virsh("create", str(tmp_path / "foreign.xml"))
+        try:
+            report = Observer(ledger, tmp_path).run(fix=True)
+            kinds = sorted((f.type, f.object) for f in report.findings)
+            assert ("vm-not-running", f"VM web in {lv.storage}") in kinds, kinds
+            assert ("stray-domain", f"libvirt domain {stray}") in kinds, kinds
+            assert not any(foreign in f.object for f in report.findings), "a domain without our prefix is not ours"
+            assert stray not in running_domains() and foreign in running_domains()
+        finally:
+            virsh("destroy", foreign)
+            if stray in running_domains():
+                virsh("destroy", stray)
+    finally:
+        ledger.close()
