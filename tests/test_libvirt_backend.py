@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -94,6 +95,7 @@ def test_a_domain_of_the_same_name_that_is_not_ours_is_refused_and_untouched(lv,
         assert virsh("domuuid", domain).strip() == before and domain in running_domains()
     finally:
         virsh("destroy", domain)
+        _drop_domain_log(domain)
 
 
 def test_libvirtd_not_reachable_is_one_clear_line_and_exit_5(tmp_path):
@@ -157,6 +159,11 @@ def test_a_remote_hypervisor_is_a_libvirt_uri(loopback_sshd, tmp_path, monkeypat
         for name in remote.names():
             remote.destroy(name)
     assert domain not in running_domains()
+    _drop_domain_log(domain)  # "remote" is this host: what libvirt logged for the domain goes too
+
+
+def _drop_domain_log(domain: str) -> None:
+    (Path("/var/log/libvirt/qemu") / f"{domain}.log").unlink(missing_ok=True)
 
 
 def test_the_observer_sees_a_domain_destroyed_behind_its_back_and_a_stray_domain(lv, tmp_path):
@@ -201,5 +208,7 @@ def test_the_observer_sees_a_domain_destroyed_behind_its_back_and_a_stray_domain
             virsh("destroy", foreign)
             if stray in running_domains():
                 virsh("destroy", stray)
+            _drop_domain_log(foreign)
+            _drop_domain_log(stray)
     finally:
         ledger.close()
