@@ -71,13 +71,13 @@ Feature: Agent runs in a mounted project
 
   Scenario: Running an agent the config does not declare is refused
     When the operator runs the agent "ghost"
-    Then the command fails saying "no agent named 'ghost'"
+    Then the run is refused because the config declares no agent "ghost"
     And the config is unchanged
 
   Scenario: Installing an agent whose artifact is missing is refused
     Given the config declares the wheel agent "phantom" from "dist/phantom-1.0-py3-none-any.whl"
     When the operator installs the agent "phantom"
-    Then the command fails saying "install artifact of agent 'phantom' is missing"
+    Then the installation is refused because the artifact of "phantom" is missing
     And the config is unchanged
 
   @requires.claude

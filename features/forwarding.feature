@@ -52,7 +52,7 @@ Feature: Port forwarding
     Given the host serves "something else" on its port 18080
     And the config forwards host port 18080 to port 8000 of "devbox"
     When the operator starts port forwarding
-    Then the command fails saying "host port 127.0.0.1:18080 is already in use by pid"
+    Then port forwarding is refused, naming host port 18080 and the process that holds it
 
   Scenario: A forward to a VM the config does not declare is refused, naming the field
     Given the config forwards host port 18080 to port 8000 of "ghost"

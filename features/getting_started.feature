@@ -15,7 +15,7 @@ Feature: Getting started with a project
       | name  | cpus | memory | disk |
       | atlas | 2    | 1G     | 4G   |
     When the operator asks for the example config
-    Then the operator sees "left untouched"
+    Then the operator is told that the config already exists
     And the config is unchanged
 
   Scenario: The version names vmfixtures, Python and QEMU

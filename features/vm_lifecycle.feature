@@ -45,7 +45,7 @@ Feature: VM lifecycle
     And the operator has stopped the VM "builder"
     And the disk of "builder" has been damaged
     When the operator starts the VM "builder"
-    Then the command fails saying "Image is not in qcow2 format"
+    Then the start is refused because the VM's disk is damaged
     And the VM "builder" is stopped
     And no VM process or socket remains for "builder"
 

@@ -26,5 +26,5 @@ Feature: VM snapshots
 
   Scenario: Restoring a snapshot that does not exist is refused and the VM keeps running
     When the operator restores the snapshot "nope" of "builder"
-    Then the command fails saying "has no snapshot 'nope'"
+    Then the restore is refused because there is no snapshot "nope"
     And the VM "builder" is running

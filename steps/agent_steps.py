@@ -1,4 +1,4 @@
-"""Agents: installed and run through the CLI; the run's effects are checked on the host."""
+"""Agents: installed and run through the product; the run's effects are checked on the host."""
 
 import os
 import shutil
@@ -6,14 +6,26 @@ import shutil
 from behave import given, then, when
 
 from vmfixtures.agents import reference_wheel
-from vmfixtures.backups.folders import snapshots
-from vmfixtures.spec import load_config
+from vmfixtures.sut.base import MISSING_ARTIFACT, UNKNOWN_AGENT
 from vmfixtures.testkit import wait_for
 
 
-def _run(context, *argv):
-    context.result = context.project.operator_on_config(*argv)
-    return context.result
+def _act(context, action, *args, **kwargs):
+    """Carry out ``action`` of the product, remembering the config's text first (``config_before``)."""
+    context.project.config_before = context.project.config_path.read_text()
+    context.outcome = getattr(context.sut, action)(*args, **kwargs)
+    return context.outcome
+
+
+def _command(context, name):
+    """The command the config declares agent ``name`` to run (as the project wrote it)."""
+    return context.project.agents[name]["run"].split()[0]
+
+
+def _agent_exit(context):
+    o = context.outcome
+    assert o.done, f"expected the agent to run; {o.describe()}"
+    return o.data["exit_code"]
 
 
 @given('the config declares the reference agent "{name}"')
@@ -46,67 +58,67 @@ def step_npm_agent(context, name):
 
 @given('the agent "{name}" is installed')
 def step_installed(context, name):
-    r = _run(context, "install-agents", name)
-    assert r.exit_code == 0, f"expected '{name}' installed; {r.describe()}"
+    o = _act(context, "install_agent", name)
+    assert o.done, f"expected '{name}' installed; {o.describe()}"
 
 
 @when('the operator installs the agent "{name}"')
 def step_install(context, name):
-    _run(context, "install-agents", name)
+    _act(context, "install_agent", name)
 
 
 @when("the operator installs all agents")
 def step_install_all(context):
-    r = _run(context, "install-agents", "--all-agents")
-    assert r.exit_code == 0, f"expected every agent installed; {r.describe()}"
+    o = _act(context, "install_all_agents")
+    assert o.done, f"expected every agent installed; {o.describe()}"
 
 
 @when('the operator runs the agent "{name}"')
 def step_run(context, name):
-    _run(context, "run", name)
+    _act(context, "run_agent", name)
 
 
 @when('the operator runs the agent "{name}" with backups disabled')
 def step_run_no_backups(context, name):
-    _run(context, "run", name, "--disable-backups")
+    _act(context, "run_agent", name, backups=False)
 
 
 @when('the operator runs the agent "{name}" with the task in TASK.md')
 def step_run_task(context, name):
-    _run(context, "run", name, "--", "Follow the instructions in TASK.md")
+    _act(context, "run_agent", name, args=("Follow the instructions in TASK.md",))
 
 
 @then('the agent "{name}" can be started in "{vm}"')
 def step_can_start(context, name, vm):
-    command = load_config(context.project.config_path).agent(name).run.split()[0]
+    command = _command(context, name)
     r = context.driver.machine(vm).execute(f"{command} --help")
-    assert r.ok, f"expected `{command} --help` to work in '{vm}'; {r.describe()}; install: {context.result.describe()}"
+    assert r.ok, f"expected `{command} --help` to work in '{vm}'; {r.describe()}; install: {context.outcome.describe()}"
 
 
 @then("the run ends with exit code {code:d}")
 def step_exit_code(context, code):
-    assert context.result.exit_code == code, f"expected the agent's exit code {code}; {context.result.describe()}"
+    assert _agent_exit(context) == code, f"expected the agent's exit code {code}; {context.outcome.describe()}"
 
 
 @then('the agent reports that it works in "{folder}"')
 def step_workdir(context, folder):
     line = f"scribe: working in {folder}"
-    assert line in context.result.stdout, f"expected {line!r} in the agent's output; {context.result.describe()}"
+    assert line in context.outcome.stdout, f"expected {line!r} in the agent's output; {context.outcome.describe()}"
 
 
 @then('the operator sees the agent say "{words}"')
 def step_agent_says(context, words):
-    assert words in context.result.stderr, f"expected the agent to say {words!r}; {context.result.describe()}"
+    assert words in context.outcome.stderr, f"expected the agent to say {words!r}; {context.outcome.describe()}"
 
 
 def _backups(context, folder):
-    return snapshots(context.project.folder / "backups" / folder)
+    return context.host.snapshots(context.project.folder / "backups" / folder)
 
 
 @then('the first backup of "{folder}" holds "{present}" but not "{absent}"')
 def step_first_backup(context, folder, present, absent):
     snaps = _backups(context, folder)
-    assert snaps, f"expected backups of {folder}; {context.result.describe()}"
+    assert snaps, f"expected backups of {folder}; {context.outcome.describe()}"
     first = snaps[0]
     assert (first / present).is_file() and not (first / absent).exists(), \
         f"expected {first.name} to hold {present} and not {absent}, it holds {sorted(p.name for p in first.iterdir())}"
@@ -139,12 +151,13 @@ def step_task(context, folder):
 @given('the agent "{name}" is at work in "{vm}"')
 @when('the agent "{name}" is at work in "{vm}"')
 def step_at_work(context, name, vm):
-    context.agent_run = context.project.start("run", name, "-c", str(context.project.config_path))
-    command = load_config(context.project.config_path).agent(name).run.split()[0]
+    context.agent_run = context.sut.start_agent(name)
+    command = _command(context, name)
     machine, run = context.driver.machine(vm), context.agent_run
 
     def working():
-        assert run.proc.poll() is None, f"expected the agent at work; the run ended: {run.finish().describe()}"
+        assert run.proc.poll() is None, \
+            f"expected the agent at work; the run ended: {context.sut.agent_ended(run).describe()}"
         return machine.execute(["pgrep", "-f", command]).ok
 
     wait_for(working, context.driver.accel().scale(60), f"the agent {name} at work in {vm}")
@@ -159,5 +172,19 @@ def step_backup_during(context, folder, present, absent):
 
 @then("the agent's run ends with exit code {code:d}")
 def step_run_ends(context, code):
-    context.result = context.agent_run.finish(timeout=context.driver.accel().scale(60))
-    assert context.result.exit_code == code, f"expected the agent's exit code {code}; {context.result.describe()}"
+    context.outcome = context.sut.agent_ended(context.agent_run, timeout=context.driver.accel().scale(60))
+    assert _agent_exit(context) == code, f"expected the agent's exit code {code}; {context.outcome.describe()}"
+
+
+@then('the run is refused because the config declares no agent "{name}"')
+def step_refused_unknown_agent(context, name):
+    o = context.outcome
+    assert o.refused_for(UNKNOWN_AGENT, name), f"expected the run refused, naming the unknown agent '{name}'; " \
+                                               f"{o.describe()}"
+
+
+@then('the installation is refused because the artifact of "{name}" is missing')
+def step_refused_missing_artifact(context, name):
+    o = context.outcome
+    assert o.refused_for(MISSING_ARTIFACT, name), f"expected the installation refused, the artifact of '{name}' " \
+                                                  f"missing; {o.describe()}"

@@ -1,13 +1,10 @@
-"""Getting started: the example config, the config check and the version, through the CLI."""
+"""Getting started: the example config, the config check and the version, through the product."""
 
 import platform
-import shutil
-import subprocess
-from importlib import metadata
 
 from behave import given, then, when
 
-from vmfixtures.spec import load_config
+from vmfixtures.sut.base import EXISTS
 
 
 @given("an empty project folder")
@@ -19,32 +16,38 @@ def step_empty_project(context):
 def step_example(context):
     if context.project.config_path.exists():
         context.project.config_before = context.project.config_path.read_text()
-    context.result = context.project.operator("config", "example")
+    context.outcome = context.sut.example_config()
 
 
 @then('the project has a config declaring the VM "{name}"')
 def step_has_config(context, name):
-    r = context.result
-    assert r.exit_code == 0 and context.project.config_path.is_file(), f"expected a config written; {r.describe()}"
-    assert name in load_config(context.project.config_path).vms, f"expected the example to declare '{name}'"
+    o = context.outcome
+    assert o.done and context.project.config_path.is_file(), f"expected a config written; {o.describe()}"
+    vms = (context.host.yaml(context.project.config_path) or {}).get("vms") or {}
+    assert name in vms, f"expected the example to declare '{name}', it declares {sorted(vms)}"
 
 
 @then("checking the config finds it valid")
 def step_check(context):
-    r = context.project.operator("config", "check", "-c", str(context.project.config_path))
-    assert r.exit_code == 0 and ": ok: " in r.stdout, f"expected the example config to pass the check; {r.describe()}"
+    o = context.sut.check_config()
+    assert o.done, f"expected the example config to pass the check; {o.describe()}"
+
+
+@then("the operator is told that the config already exists")
+def step_told_config_exists(context):
+    o = context.outcome
+    assert o.done and o.note == EXISTS and o.subject == str(context.project.config_path), \
+        f"expected success, telling that {context.project.config_path} already exists; {o.describe()}"
 
 
 @when("the operator asks for the version")
 def step_version(context):
-    context.result = context.project.operator("version")
+    context.outcome = context.sut.version_report()
 
 
 @then("the operator sees the installed vmfixtures version, the Python version and the QEMU version")
 def step_sees_version(context):
-    qemu = shutil.which("qemu-system-x86_64")
-    qemu_line = subprocess.run([qemu, "--version"], capture_output=True, text=True).stdout.splitlines()[0] \
-        if qemu else "QEMU not installed"
-    expected = [f"vmfixtures {metadata.version('vmfixtures')}", f"python {platform.python_version()}", qemu_line]
-    r = context.result
-    assert r.exit_code == 0 and all(e in r.stdout for e in expected), f"expected {expected}; {r.describe()}"
+    expected = {"version": context.host.installed_version(context.sut.distribution),
+                "python": platform.python_version(), "qemu": context.host.qemu_version()}
+    o = context.outcome
+    assert o.done and o.data == expected, f"expected {expected}; {o.describe()}"

@@ -1,21 +1,19 @@
 """Connectivity: ssh, shell and status, as the operator uses them."""
 
-import json
 import os
 
 from behave import then, when
 
 
-
 @when('the operator runs "{command}" in "{name}" over SSH')
 def step_ssh(context, command, name):
-    context.result = context.project.operator("ssh", name, command)
+    context.outcome = context.sut.ssh(name, command)
 
 
 @then('the operator sees "{text}"')
 def step_sees(context, text):
-    r = context.result
-    assert r.exit_code == 0 and text in r.stdout, f"expected {text!r} in the output; {r.describe()}"
+    o = context.outcome
+    assert o.done and text in o.stdout, f"expected {text!r} in the output; {o.describe()}"
 
 
 @then("the installation's SSH key can be read by its owner only")
@@ -33,8 +31,8 @@ def step_key_private(context):
 
 @when('the operator types "{line}" into a shell on "{name}"')
 def step_shell(context, line, name):
-    context.result = context.project.operator("shell", name, input=f"{line}\nexit\n")
-    assert context.result.exit_code == 0, f"expected the shell to end cleanly; {context.result.describe()}"
+    context.outcome = context.sut.shell(name, line)
+    assert context.outcome.done, f"expected the shell to end cleanly; {context.outcome.describe()}"
 
 
 @then('the guest of "{name}" still has "{path}" saying "{text}"')
@@ -45,9 +43,9 @@ def step_guest_file(context, name, path, text):
 
 @when("the operator asks for the status")
 def step_status(context):
-    r = context.project.operator("status", "--json", "-c", str(context.project.config_path))
-    assert r.exit_code == 0, f"expected the status; {r.describe()}"
-    context.status = {row["name"]: row for row in json.loads(r.stdout)}
+    o = context.sut.status()
+    assert o.done, f"expected the status; {o.describe()}"
+    context.status = o.data
 
 
 @then('the status shows "{name}" running with {cpus:d} cpu and {memory} of memory')

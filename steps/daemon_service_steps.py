@@ -15,15 +15,11 @@ def _socket():
     return paths.daemon_socket().parent / f"service-{os.getpid()}.sock"
 
 
-def _service_env(context):
-    return {"VMFIXTURES_DAEMON_SOCKET": str(_socket())}
-
-
 @when("the operator installs the daemon as a systemd service")
 def step_install(context):
-    context.result = context.project.operator("daemon", "install", env=_service_env(context))
-    context.add_cleanup(context.project.operator, "daemon", "uninstall", env=_service_env(context))
-    assert context.result.exit_code == 0, f"expected the service installed; {context.result.describe()}"
+    context.outcome = context.sut.install_service(_socket())
+    context.add_cleanup(context.sut.uninstall_service, _socket())
+    assert context.outcome.done, f"expected the service installed; {context.outcome.describe()}"
 
 
 @then("systemd reports the service active and its daemon answers on the socket")
@@ -34,8 +30,8 @@ def step_active(context):
 
 @when("the operator uninstalls the service")
 def step_uninstall(context):
-    context.result = context.project.operator("daemon", "uninstall", env=_service_env(context))
-    assert context.result.exit_code == 0, f"expected the service removed; {context.result.describe()}"
+    context.outcome = context.sut.uninstall_service(_socket())
+    assert context.outcome.done, f"expected the service removed; {context.outcome.describe()}"
 
 
 @then("systemd no longer runs the service and nothing answers on the socket")

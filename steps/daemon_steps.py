@@ -9,12 +9,11 @@ from pathlib import Path
 
 from behave import given, then, when
 
+from vmfixtures.backends import VMState
 from vmfixtures.client import ensure_daemon
 from vmfixtures.paths import daemon_home
-from vmfixtures.backends import VMState
 from vmfixtures.procs import process_alive, wait_exit
 from vmfixtures.spec import load_config
-from vmfixtures.testkit import spawn_runner
 
 _shared_pids = {}  # (lease, VM name) -> QEMU pid, across the scenarios of one shared lease
 
@@ -90,7 +89,7 @@ def step_same_as_before(context, name):
 
 @given('another runner holds the VM "{name}" with a lease TTL of {ttl:d} seconds')
 def step_other_runner(context, name, ttl):
-    context.runner = spawn_runner(context.project, name, ttl)
+    context.runner = context.sut.hold_lease(name, ttl)
     context.pids[name] = context.host.vm_pid(context.driver.vm_dir(name))
 
 
@@ -142,7 +141,7 @@ def step_consistent(context):
 def step_two_runners(context, name):
     context.runners = []
     with ThreadPoolExecutor(2) as pool:  # at the same time: both ask before either is served
-        futures = [pool.submit(spawn_runner, context.project, name, 30, Path(tempfile.mkdtemp(dir=context.project.folder)))
+        futures = [pool.submit(context.sut.hold_lease, name, 30, Path(tempfile.mkdtemp(dir=context.project.folder)))
                    for _ in range(2)]
         context.runners = [f.result() for f in futures]
 

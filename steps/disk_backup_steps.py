@@ -1,24 +1,39 @@
-"""VM disk backups: taken and restored through the CLI; sizes and data checked for real."""
+"""VM disk backups: taken and restored through the product; sizes and data checked for real."""
 
-import json
 from datetime import datetime
 from pathlib import Path
 
 from behave import given, then, when
 
+from vmfixtures.sut.base import BROKEN_CHAIN, NOT_RUNNING, UNKNOWN_VM
+
+
+def _dest(context):
+    return context.project.folder / "disk-backups"
+
+
+def _chains(context):
+    """The backup chains, oldest first, as the product lists them."""
+    o = context.sut.disk_backups(_dest(context))
+    assert o.done, f"expected the backup status; {o.describe()}"
+    return o.data
 
 
 def _chain(context):
-    found = json.loads(context.project.operator("vm", "backup-status", "disk-backups", "--json").stdout)
+    found = _chains(context)
     assert found, "expected a backup chain in disk-backups"
     return found[-1]
+
+
+def _backup(context, name, **how):
+    o = context.sut.disk_backup(name, _dest(context), **how)
+    assert o.done, f"expected a disk backup of '{name}'; {o.describe()}"
 
 
 @given('the operator took a backup of "{name}"')
 @when('the operator takes a backup of "{name}"')
 def step_backup(context, name):
-    r = context.project.operator("vm", "backup", name, "disk-backups")
-    assert r.exit_code == 0, f"expected a disk backup of '{name}'; {r.describe()}"
+    _backup(context, name)
 
 
 @when('the guest of "{name}" writes 1 MB of new data')
@@ -49,21 +64,14 @@ def step_missing_link(context, name):
 
 @when('the operator restores the backups of "{name}" as the VM "{new}"')
 def step_restore(context, name, new):
-    context.result = context.project.operator_on_config("vm", "restore-backup", _chain(context)["chain"], new)
-    if context.result.exit_code == 0:
+    context.outcome = context.sut.restore_disk_backup(_chain(context)["chain"], new)
+    if context.outcome.done:
         context.pids[new] = [p.pid for p in context.host.vm_processes(context.driver.vm_dir(new))][0]
-
-
-def _chains(context):
-    r = context.project.operator("vm", "backup-status", "disk-backups", "--json")
-    assert r.exit_code == 0, f"expected the backup status; {r.describe()}"
-    return json.loads(r.stdout)
 
 
 @when('the operator takes a backup of "{name}" grouped by {period}')
 def step_backup_period(context, name, period):
-    r = context.project.operator("vm", "backup", name, "disk-backups", "--group-by", period)
-    assert r.exit_code == 0, f"expected a disk backup of '{name}'; {r.describe()}"
+    _backup(context, name, group_by=period)
 
 
 @then("the backups hold one chain, named after the current {period}, with a full and an incremental link")
@@ -79,15 +87,14 @@ def step_one_chain(context, period):
 @given('the operator took {n:d} full backups of "{name}"')
 def step_full_backups(context, n, name):
     for _ in range(n):
-        r = context.project.operator("vm", "backup", name, "disk-backups", "--full")
-        assert r.exit_code == 0, f"expected a full backup of '{name}'; {r.describe()}"
+        _backup(context, name, full=True)
     context.chains_before = [c["chain"] for c in sorted(_chains(context), key=lambda c: c["links"][0]["at"])]
 
 
 @when("the operator keeps only the newest backup chain")
 def step_prune(context):
-    context.result = context.project.operator("vm", "backup-prune", "disk-backups", "--keep", "1")
-    assert context.result.exit_code == 0, f"expected the prune to work; {context.result.describe()}"
+    context.outcome = context.sut.prune_disk_backups(_dest(context), keep=1)
+    assert context.outcome.done, f"expected the prune to work; {context.outcome.describe()}"
 
 
 @then("only the newest of the {n:d} backup chains remains")
@@ -100,8 +107,8 @@ def step_newest_remains(context, n):
 
 @when('the operator scrubs the backup bitmap of "{name}"')
 def step_scrub(context, name):
-    r = context.project.operator("vm", "backup-scrub", name)
-    assert r.exit_code == 0 and "removed" in r.stdout, f"expected the bitmap removed; {r.describe()}"
+    o = context.sut.scrub_backup_bitmap(name)
+    assert o.done and o.note is None, f"expected the bitmap removed; {o.describe()}"
 
 
 @then("the newest backup starts a new chain with a full link")
@@ -118,10 +125,23 @@ def step_nothing_else(context):
 
 @when('the operator tries to back up "{name}"')
 def step_try_backup(context, name):
-    context.result = context.project.operator("vm", "backup", name, "disk-backups")
+    context.outcome = context.sut.disk_backup(name, _dest(context))
 
 
-@then('the command fails with exit code {code:d} saying "{words}"')
-def step_fails_with_code(context, code, words):
-    r = context.result
-    assert r.exit_code == code and words in r.stderr, f"expected exit code {code} and {words!r}; {r.describe()}"
+@then("the restore is refused because the backup chain has a missing link")
+def step_refused_missing_link(context):
+    o = context.outcome
+    assert o.refused_for(BROKEN_CHAIN), f"expected the restore refused for a missing link; {o.describe()}"
+
+
+@then('the disk backup is refused because no VM named "{name}" exists')
+def step_refused_unknown(context, name):
+    o = context.outcome
+    assert o.refused_for(UNKNOWN_VM, name), f"expected the backup refused, naming the unknown VM '{name}'; " \
+                                            f"{o.describe()}"
+
+
+@then('the disk backup is refused because "{name}" is not running')
+def step_refused_not_running(context, name):
+    o = context.outcome
+    assert o.refused_for(NOT_RUNNING, name), f"expected the backup refused, '{name}' not running; {o.describe()}"

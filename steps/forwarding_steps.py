@@ -8,6 +8,7 @@ import psutil
 from behave import given, then, when
 
 from vmfixtures.procs import process_alive
+from vmfixtures.sut.base import BAD_CONFIG, BUSY
 from vmfixtures.testkit import HostServer, http_get, serve_in_guest
 
 
@@ -37,23 +38,21 @@ def step_socks_forward(context, name, host):
 
 
 def _forward(context):
-    context.forwarder = context.project.start("portforward", "-c", str(context.project.config_path))
-    context.forwarder.wait_for_line("forwarding ", timeout=context.driver.accel().scale(30))
+    """Start port forwarding; a forwarder still running but never up fails the step (the adapter raises)."""
+    context.outcome = context.sut.start_forwarding(timeout=context.driver.accel().scale(30))
+    context.forwarder = context.outcome.process
+    return context.outcome
 
 
 @given("port forwarding runs")
 def step_forwarding_runs(context):
-    _forward(context)  # a refusal here fails the scenario: the Given did not hold
+    o = _forward(context)  # a refusal here fails the scenario: the Given did not hold
+    assert o.done, f"expected port forwarding up; {o.describe()}"
 
 
 @when("the operator starts port forwarding")
 def step_start_forwarding(context):
-    try:
-        _forward(context)
-    except AssertionError:
-        if context.forwarder.proc.poll() is None:
-            raise  # still running but never up: that is the failure
-        context.result = context.forwarder.finish()  # it refused: keep its words for the Then steps
+    _forward(context)  # a refusal is kept for the Then steps
 
 
 @when("the operator stops port forwarding")
@@ -61,8 +60,7 @@ def step_stop_forwarding(context):
     ports = [f["host"] for f in context.project.forwards]
     # the tunnels' processes, by the host's socket table (a remote forward has no host listener)
     context.tunnel_pids = sorted({pid for port in ports for _, pid in context.host.listeners(int(str(port).rsplit(":", 1)[-1])) if pid})
-    context.forwarder.signal(signal.SIGINT)
-    context.result = context.forwarder.finish()
+    context.outcome = context.sut.stop_forwarding(context.forwarder)
 
 
 @when("the ssh process of the tunnel on host port {port:d} is killed")
@@ -112,8 +110,8 @@ def step_socks_gets(context, proxy, text, port):
 
 @then("no ssh process of the tunnels remains")
 def step_no_ssh(context):
-    r = context.result
-    assert r.exit_code == 0, f"expected a clean stop; {r.describe()}"
+    o = context.outcome
+    assert o.done, f"expected a clean stop; {o.describe()}"
     alive = [p for p in context.tunnel_pids if process_alive(p)]
     assert context.tunnel_pids and not alive, f"expected tunnels {context.tunnel_pids} gone, alive: {alive}"
 
@@ -127,7 +125,15 @@ def step_ports_closed(context, ports):
 
 @then('the command fails with a config error for "{field}"')
 def step_config_field_error(context, field):
-    r = context.result
-    expected = f"{context.project.config_path}:"
-    assert r.exit_code == 2 and expected in r.stderr and f" {field}:" in r.stderr, \
-        f"expected exit code 2 naming {expected} and {field}; {r.describe()}"
+    o = context.outcome
+    config = str(context.project.config_path)
+    assert o.refused_for(BAD_CONFIG) and o.where and o.where[0] == config and o.config_field == field, \
+        f"expected a config error naming {config} and {field}; {o.describe()}"
+
+
+@then("port forwarding is refused, naming host port {port:d} and the process that holds it")
+def step_port_taken(context, port):
+    o = context.outcome
+    holders = {pid for _, pid in context.host.listeners(port) if pid}  # who listens, by the socket table
+    assert o.refused_for(BUSY, f"127.0.0.1:{port}") and o.holder in holders, \
+        f"expected port forwarding refused, naming host port {port} and its holder (one of {holders}); {o.describe()}"

@@ -1,4 +1,4 @@
-"""VM lifecycle: the operator acts through the CLI; facts are checked on the host and in the guest."""
+"""VM lifecycle: the operator acts through the product; facts are checked on the host and in the guest."""
 
 import time
 
@@ -8,6 +8,7 @@ from vmfixtures.backends import VMState
 from vmfixtures.backends.qemu import our_qemu_processes, run_dirs_of
 from vmfixtures.procs import process_alive
 from vmfixtures.spec import load_config
+from vmfixtures.sut.base import BAD_CONFIG, CORRUPT, EXISTS, MISMATCH, UNKNOWN_VM
 
 ACTIONS = {"creates": "create", "starts": "start", "stops": "stop", "restarts": "restart", "destroys": "destroy"}
 
@@ -44,8 +45,8 @@ def step_save_note(context, name, note):
 @given('the operator stopped the VM "{name}"')
 @given('the operator has stopped the VM "{name}"')
 def step_has_stopped(context, name):
-    r = context.project.operator("vm", "stop", name)
-    assert r.exit_code == 0, f"expected the VM '{name}' to stop; {r.describe()}"
+    o = context.sut.stop_vm(name)
+    assert o.done, f"expected the VM '{name}' to stop; {o.describe()}"
 
 
 @given('the disk of "{name}" has been damaged')
@@ -59,7 +60,8 @@ def step_operator_acts(context, action, name):
     _remember_pids(context)
     if action == "restarts":
         context.boot_ids[name] = _boot_id(context, name)
-    context.result = context.project.operator("vm", ACTIONS[action], name, "-c", str(context.project.config_path))
+    context.acted_on = name
+    context.outcome = getattr(context.sut, f"{ACTIONS[action]}_vm")(name)
 
 
 @when('the operator stops the VM "{name}" with a {seconds:d} second deadline')
@@ -67,7 +69,8 @@ def step_stop_with_deadline(context, name, seconds):
     _remember_pids(context)
     context.console_before = _console_size(context, name)
     started = time.monotonic()
-    context.result = context.project.operator("vm", "stop", name, "--timeout", str(seconds))
+    context.acted_on = name
+    context.outcome = context.sut.stop_vm(name, deadline=seconds)
     context.stop_took, context.deadline = time.monotonic() - started, seconds
 
 
@@ -84,7 +87,7 @@ def step_ignore_acpi(context, name):
 @when("the operator {action} all VMs in the config")
 def step_operator_acts_all(context, action):
     _remember_pids(context)
-    context.result = context.project.operator("vm", ACTIONS[action], "--all", "-c", str(context.project.config_path))
+    context.outcome = getattr(context.sut, f"{ACTIONS[action]}_all_vms")()
 
 
 @then('the VM "{name}" is running')
@@ -92,7 +95,7 @@ def step_operator_acts_all(context, action):
 def step_is_running(context, name=None, names=None):
     """Running means: a VM process holds the VM's disk, and the guest inside answers."""
     for n in [name] if name else _names(names):
-        what = getattr(context, "result", None) and context.result.describe()
+        what = getattr(context, "outcome", None) and context.outcome.describe()
         procs = context.host.vm_processes(context.driver.vm_dir(n))
         assert procs, f"expected a running process for VM '{n}', the process table has none; {what}"
         hostname = context.driver.machine(n).succeed("cat /proc/sys/kernel/hostname").strip()
@@ -107,12 +110,13 @@ def step_guest_answers(context, name):
 
 @then('the VM "{name}" runs on the accelerator the harness reports')
 def step_accelerator(context, name):
-    report = context.project.operator("accel")
-    reported, _, reason = report.stdout.partition(":")
+    report = context.sut.accelerator()
+    reported = report.data or {}
     actual = context.driver.running_accel(name)
-    assert report.exit_code == 0 and actual == reported.strip(), \
+    assert report.done and actual == reported.get("name"), \
         f"expected QEMU to run on the reported accelerator; QEMU says {actual}; {report.describe()}"
-    assert actual == "kvm" or "kvm" in reason.lower(), f"expected a reason why KVM is not used; {report.describe()}"
+    assert actual == "kvm" or "kvm" in reported.get("reason", "").lower(), \
+        f"expected a reason why KVM is not used; {report.describe()}"
 
 
 @then('the VM "{name}" is stopped')
@@ -120,7 +124,7 @@ def step_accelerator(context, name):
 def step_is_stopped(context, name=None, names=None):
     for n in [name] if name else _names(names):
         state = context.driver.state(n)
-        assert state == VMState.STOPPED, f"expected VM '{n}' stopped, it is {state.value}; {context.result.describe()}"
+        assert state == VMState.STOPPED, f"expected VM '{n}' stopped, it is {state.value}; {context.outcome.describe()}"
 
 
 @then('no VM process remains for {names}')
@@ -139,8 +143,8 @@ def step_no_process(context, name):
 
 @then("the guest powered off on its own, without being forced")
 def step_graceful(context):
-    assert context.result.exit_code == 0, f"expected the stop to succeed; {context.result.describe()}"
-    name = context.result.argv[2]
+    assert context.outcome.done, f"expected the stop to succeed; {context.outcome.describe()}"
+    name = context.acted_on
     log = (context.driver.vm_dir(name) / "console.log").read_text(errors="replace")
     assert "vmfixtures: power off" in log, f"expected the guest's shutdown line on the console; tail: {log[-300:]!r}"
 
@@ -172,8 +176,9 @@ def step_nothing_left(context, names):
 
 @then('the operator is told that "{name}" already exists')
 def step_told_exists(context, name):
-    r = context.result
-    assert r.exit_code == 0 and f"VM '{name}' already exists" in r.stdout, f"expected 'already exists' and success; {r.describe()}"
+    o = context.outcome
+    assert o.done and o.note == EXISTS and o.subject == name, \
+        f"expected success, telling that '{name}' already exists; {o.describe()}"
 
 
 @then('the VM "{name}" is still the same running VM')
@@ -185,24 +190,33 @@ def step_same_vm(context, name):
 
 @then("the operator is told of a mismatch:")
 def step_told_mismatch(context):
-    r = context.result
-    assert r.exit_code == 4, f"expected exit code 4 (mismatch); {r.describe()}"
+    o = context.outcome
+    assert o.refused_for(MISMATCH, context.acted_on), f"expected a refusal for a mismatch; {o.describe()}"
     for row in context.table:
-        line = f"{row['field']}: existing {row['existing']}, requested {row['requested']}"
-        assert line in r.stderr, f"expected the mismatch line '{line}'; {r.describe()}"
+        told = o.differences.get(row["field"])
+        assert told == (row["existing"], row["requested"]), \
+            f"expected to be told {row['field']}: existing {row['existing']}, requested {row['requested']}; " \
+            f"{o.describe()}"
 
 
 @then('the command fails with a config error at line {line:d} of the config for "{field}"')
 def step_config_error(context, line, field):
-    r = context.result
-    expected = f"{context.project.config_path}:{line}: {field}:"
-    assert r.exit_code == 2 and expected in r.stderr, f"expected exit code 2 and '{expected}'; {r.describe()}"
+    o = context.outcome
+    where = (str(context.project.config_path), line)
+    assert o.refused_for(BAD_CONFIG) and o.where == where and o.config_field == field, \
+        f"expected a config error naming {where[0]}:{line} and {field}; {o.describe()}"
 
 
 @then('the command fails because no VM named "{name}" exists')
 def step_no_such_vm(context, name):
-    r = context.result
-    assert r.exit_code == 3 and f"no VM named '{name}'" in r.stderr, f"expected exit code 3 naming '{name}'; {r.describe()}"
+    o = context.outcome
+    assert o.refused_for(UNKNOWN_VM, name), f"expected a refusal naming the unknown VM '{name}'; {o.describe()}"
+
+
+@then("the start is refused because the VM's disk is damaged")
+def step_disk_damaged(context):
+    o = context.outcome
+    assert o.refused_for(CORRUPT), f"expected the start refused for a damaged disk; {o.describe()}"
 
 
 @then('the guest of "{name}" booted afresh')
@@ -218,13 +232,13 @@ def step_booted_afresh(context, name):
 def step_forced(context):
     """Forced: the stop succeeded, took at least the deadline, and the guest never shut itself down
     (its shutdown line is absent from what its console printed since)."""
-    r = context.result
-    name = r.argv[2]
+    o = context.outcome
+    name = context.acted_on
     with open(context.driver.vm_dir(name) / "console.log", "rb") as log:
         log.seek(context.console_before)
         since = log.read().decode(errors="replace")
-    assert r.exit_code == 0 and context.stop_took >= context.deadline, \
-        f"expected the stop to wait out the {context.deadline}s deadline, it took {context.stop_took:.1f}s; {r.describe()}"
+    assert o.done and context.stop_took >= context.deadline, \
+        f"expected the stop to wait out the {context.deadline}s deadline, it took {context.stop_took:.1f}s; {o.describe()}"
     assert "vmfixtures: power off" not in since, f"expected no shutdown by the guest, its console shows one: {since[-300:]!r}"
 
 

@@ -1,19 +1,23 @@
-"""Mounts: the operator mounts through the CLI; facts are checked in the guest and on the host."""
+"""Mounts: the operator mounts through the product; facts are checked in the guest and on the host."""
 
 import os
 
 from behave import given, then, when
 
+from vmfixtures.sut.base import BUSY, MISSING_SOURCE, NOT_RUNNING
 
 
-def _run(context, *argv):
-    context.result = context.project.operator_on_config(*argv)
-    return context.result
+def _act(context, action, *args):
+    """Carry out ``action`` of the product, remembering the config's text first (``config_before``)
+    so that a step can tell whether a refused action left it unchanged."""
+    context.project.config_before = context.project.config_path.read_text()
+    context.outcome = getattr(context.sut, action)(*args)
+    return context.outcome
 
 
 def _ok(context):
-    r = context.result
-    assert r.exit_code == 0, f"expected the command to succeed; {r.describe()}"
+    o = context.outcome
+    assert o.done, f"expected the {o.action} to succeed; {o.describe()}"
 
 
 @given('the project folder "{folder}" holds "{name}" saying "{text}"')
@@ -28,41 +32,41 @@ def step_declare_mount(context, source, target, vm):
 
 @given('the operator mounted "{source}"')
 def step_mounted(context, source):
-    _run(context, "mount", source)
+    _act(context, "mount", source)
     _ok(context)
 
 
 @when('the operator mounts "{source}"')
 def step_mount(context, source):
-    _run(context, "mount", source)
+    _act(context, "mount", source)
 
 
 @when("the operator mounts all folders of the config")
 def step_mount_all(context):
-    _run(context, "mount", "--all")
+    _act(context, "mount_all")
     _ok(context)
 
 
 @when('the operator unmounts "{source}"')
 def step_umount(context, source):
-    _run(context, "umount", source)
+    _act(context, "unmount", source)
     _ok(context)
 
 
 @when('the operator adds a mount of "{source}" at "{target}" in "{vm}"')
 def step_addmount(context, source, target, vm):
-    _run(context, "addmount", source, target, "--vm", vm)
+    _act(context, "add_mount", source, target, vm)
 
 
 @when('the operator removes the mount "{source}"')
 def step_removemount(context, source):
-    _run(context, "removemount", source)
+    _act(context, "remove_mount", source)
     _ok(context)
 
 
 @when('the operator tries to remove the mount "{source}"')
 def step_try_removemount(context, source):
-    _run(context, "removemount", source)
+    _act(context, "remove_mount", source)
 
 
 @given('a guest process of "{vm}" is working inside "{target}"')
@@ -86,7 +90,7 @@ def step_guest_reads(context, vm, text, path):
     r = context.driver.machine(vm).execute(["cat", path])
     assert r.ok and r.stdout.strip() == text, (f"expected {path} in '{vm}' to say {text!r}, got exit {r.exit_code} "
                                                f"{r.stdout.strip()!r} {r.stderr.strip()!r}; last command: "
-                                               f"{getattr(context, 'result', None) and context.result.describe()}")
+                                               f"{getattr(context, 'outcome', None) and context.outcome.describe()}")
 
 
 @then('the host file "{relative}" says "{text}"')
@@ -148,3 +152,27 @@ def step_config_dropped(context, source):
 def step_config_unchanged(context):
     now = context.project.config_path.read_text()
     assert now == context.project.config_before, f"expected the config untouched, it changed to:\n{now}"
+
+
+@then('the removal is refused because "{target}" is in use')
+def step_refused_in_use(context, target):
+    o = context.outcome
+    assert o.refused_for(BUSY, target), f"expected the removal refused, {target} being in use; {o.describe()}"
+
+
+@then("adding the mount is refused because the folder does not exist")
+def step_refused_missing(context):
+    o = context.outcome
+    assert o.refused_for(MISSING_SOURCE), f"expected the mount refused for a missing folder; {o.describe()}"
+
+
+@then('adding the mount is refused because another mount already uses "{target}"')
+def step_refused_taken(context, target):
+    o = context.outcome
+    assert o.refused_for(BUSY, target), f"expected the mount refused, {target} being taken; {o.describe()}"
+
+
+@then('mounting is refused because "{vm}" is not running')
+def step_refused_not_running(context, vm):
+    o = context.outcome
+    assert o.refused_for(NOT_RUNNING, vm), f"expected the mount refused, '{vm}' not running; {o.describe()}"

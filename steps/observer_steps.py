@@ -95,13 +95,13 @@ def step_kill_forwarder(context):
 
 @when("the operator runs the observer with its safe fixes")
 def step_observe_fix(context):
-    context.result = context.project.operator("observe", "--fix")
+    context.outcome = context.sut.observe(fix=True)
 
 
 @then("the observer says it killed the stray VM process")
 def step_says_killed(context):
-    r = context.result
-    assert f"killed orphan QEMU pid {context.stray.pid}" in r.stdout, f"expected the fix to be reported; {r.describe()}"
+    o = context.outcome
+    assert context.stray.pid in o.data["killed"], f"expected the fix to be reported; {o.describe()}"
 
 
 @then("the stray VM process is gone")
@@ -117,6 +117,6 @@ def step_killed_and_reported(context, name, kind):
 
 @then("the next observer report is clean")
 def step_clean(context):
-    assert context.result.exit_code == 0, f"expected the VM to start; {context.result.describe()}"
+    assert context.outcome.done, f"expected the VM to start; {context.outcome.describe()}"
     report = _next_reports(context, time.time())[0]
     assert report["findings"] == [], f"expected a clean observer report after the recovery, got {report}"

@@ -1,17 +1,19 @@
-"""VM snapshots: saved and restored through the CLI; files and processes checked in the guest."""
+"""VM snapshots: saved and restored through the product; files and processes checked in the guest."""
 
 from behave import given, then, when
+
+from vmfixtures.sut.base import UNKNOWN_SNAPSHOT
 
 
 @given('the operator saved the snapshot "{tag}" of "{name}"')
 def step_saved(context, tag, name):
-    r = context.project.operator("vm", "snapshot", name, tag)
-    assert r.exit_code == 0, f"expected the snapshot saved; {r.describe()}"
+    o = context.sut.save_snapshot(name, tag)
+    assert o.done, f"expected the snapshot saved; {o.describe()}"
 
 
 @when('the operator restores the snapshot "{tag}" of "{name}"')
 def step_restore(context, tag, name):
-    context.result = context.project.operator("vm", "restore", name, tag)
+    context.outcome = context.sut.restore_snapshot(name, tag)
 
 
 def _pgrep(command):
@@ -34,6 +36,13 @@ def step_stop_process(context, name, command):
 
 @then('the process "{command}" runs in the guest of "{name}"')
 def step_process_runs(context, command, name):
-    assert context.result.exit_code == 0, f"expected the restore to succeed; {context.result.describe()}"
+    assert context.outcome.done, f"expected the restore to succeed; {context.outcome.describe()}"
     r = context.driver.machine(name).execute(_pgrep(command))
     assert r.ok, f"expected '{command}' running again in '{name}' right after the restore, pgrep: {r.describe()}"
+
+
+@then('the restore is refused because there is no snapshot "{tag}"')
+def step_no_snapshot(context, tag):
+    o = context.outcome
+    assert o.refused_for(UNKNOWN_SNAPSHOT, tag), f"expected the restore refused, naming the unknown snapshot " \
+                                                 f"'{tag}'; {o.describe()}"

@@ -3,7 +3,8 @@
 import yaml
 
 from vmfixtures.sut import agsekit, reference
-from vmfixtures.sut.base import CORRUPT, MISSING_SOURCE, NOT_WRITABLE
+from vmfixtures.sut.base import (BAD_CONFIG, BUSY, CORRUPT, EXISTS, MISMATCH, MISSING_SOURCE, NOT_RUNNING,
+                                 NOT_WRITABLE, UNKNOWN_VM)
 
 
 def test_vmfixtures_outcomes_come_from_exit_codes_and_its_own_words():
@@ -15,6 +16,41 @@ def test_vmfixtures_outcomes_come_from_exit_codes_and_its_own_words():
     assert corrupt.refusal == CORRUPT
     assert reference.classify("x", [], 6, "", "backup destination /d is not writable: ...").refusal == NOT_WRITABLE
     assert reference.classify("x", [], 1, "", "something else broke").status == "failed"
+
+
+def test_vmfixtures_outcomes_name_what_the_operator_is_told():
+    same = reference.classify("create", [], 0, "VM 'b' already exists (running) with the same spec; nothing to do", "")
+    assert (same.status, same.note, same.subject) == ("done", EXISTS, "b")
+    mismatch = reference.classify("create", [], 4, "", "vmfixtures: error: VM 'b' already exists with a different "
+                                  "spec; left untouched:\n  cpus: existing 1, requested 2\n  memory: existing 512M, "
+                                  "requested 1G\n")
+    assert mismatch.refused_for(MISMATCH, "b")
+    assert mismatch.differences == {"cpus": ("1", "2"), "memory": ("512M", "1G")}
+    bad = reference.classify("create", [], 2, "", "vmfixtures: error: /p/vmfixtures.yaml:4: vms.b.memory: '12 "
+                             "parsecs' is not a size (use e.g. 512M or 2G)")
+    assert bad.refused_for(BAD_CONFIG) and bad.where == ("/p/vmfixtures.yaml", 4) and bad.config_field == "vms.b.memory"
+    port = reference.classify("portforward", [], 9, "", "vmfixtures: error: forward local 127.0.0.1:18080 -> d:8000: "
+                              "host port 127.0.0.1:18080 is already in use by pid 42 (python)")
+    assert port.refused_for(BUSY, "127.0.0.1:18080") and port.holder == 42
+
+
+def test_vmfixtures_refusal_kinds_need_their_documented_exit_code():
+    ghost = "vmfixtures: error: no VM named 'ghost' in /s (see `vmfixtures vm list`)"
+    assert reference.classify("vm stop", [], 3, "", ghost).refused_for(UNKNOWN_VM, "ghost")
+    assert reference.classify("vm stop", [], 1, "", ghost).status == "failed"
+    # a config naming an unknown VM is a config error (exit 2), not an unknown VM
+    field = "vmfixtures: error: /p/c.yaml:5: forwards[0].vm: no VM named 'ghost' under 'vms'"
+    assert reference.classify("portforward", [], 2, "", field).refusal == BAD_CONFIG
+    stopped = "vmfixtures: error: VM 'b' is not running; disk backups are taken from a running VM"
+    assert reference.classify("vm backup", [], 8, "", stopped).refused_for(NOT_RUNNING, "b")
+    assert reference.classify("vm backup", [], 1, "", stopped).status == "failed"
+
+
+def test_vmfixtures_agent_runs_pass_the_agents_exit_code_through():
+    ran = reference.classify_run("run", [], 3, "", "scribe: no such file\nvmfixtures: backups disabled for this run")
+    assert ran.done and ran.data == {"exit_code": 3}
+    refused = reference.classify_run("run", [], 2, "", "vmfixtures: error: /p/c.yaml: no agent named 'x' under 'agents'")
+    assert refused.status == "refused"
 
 
 def test_agsekit_tracebacks_are_failures_never_refusals():

@@ -1,9 +1,9 @@
-"""What spec steps use to act like an operator: a project folder and the CLI.
+"""What spec steps stand on: a project folder, and a way to run a product's commands in it.
 
-Steps stay thin by calling these: ``Project`` writes the scenario's YAML
-config; ``Project.operator(...)`` runs the real `vmfixtures` command line
-against the run's storage, so exit codes and messages are tested as users
-see them.
+``Project`` writes the scenario's config (in the product's format, through its
+adapter) and runs a product's command lines in its folder against the run's
+storage (``run``, ``spawn``); which command lines, and what their words and
+exit codes mean, is the product adapter's business (``vmfixtures.sut``).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import queue
 import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -45,7 +44,7 @@ def _shown(argv: list[str]) -> str:
         return "vmfixtures " + " ".join(a for a in argv[3:] if a != "--quiet")
     if argv and ("/" in argv[0] or argv[0] == "faketime"):
         return " ".join([Path(argv[0]).name, *argv[1:]])
-    return "vmfixtures " + " ".join(argv)  # Project.operator's results carry only the arguments
+    return "vmfixtures " + " ".join(argv)  # an adapter's results carry only the arguments
 
 
 class Project:
@@ -127,12 +126,6 @@ class Project:
                               stdin=None if input is not None else subprocess.DEVNULL)
         return CommandResult(list(argv), proc.returncode, proc.stdout, proc.stderr)
 
-    def operator(self, *argv: str, timeout: float = 600, input: str | None = None,
-                 env: dict | None = None) -> CommandResult:
-        """Run `vmfixtures ARGV...` (see ``run``)."""
-        r = self.run([sys.executable, "-m", "vmfixtures", "--quiet", *argv], timeout, input, env)
-        return CommandResult(list(argv), r.exit_code, r.stdout, r.stderr)
-
     def spawn(self, argv: list[str]) -> "Background":
         """Start a long-running product command (repeated backups, ...); stopped with the scenario."""
         return self.spawn_with(argv, {})
@@ -141,19 +134,6 @@ class Project:
         """``spawn`` with ``env`` on top of the run's environment."""
         proc = subprocess.Popen(argv, cwd=self.folder, env={**self._env(), **env}, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
-        self.backgrounds.append(Background(proc, list(argv)))
-        return self.backgrounds[-1]
-
-    def operator_on_config(self, *argv: str) -> CommandResult:
-        """`vmfixtures ARGV... -c <config>`, remembering the config's text first (``config_before``)
-        so that a step can tell whether a refused command left it unchanged."""
-        self.config_before = self.config_path.read_text()
-        return self.operator(*argv, "-c", str(self.config_path))
-
-    def start(self, *argv: str) -> "Background":
-        """Start a long-running `vmfixtures ARGV...` (repeated backups, ...)."""
-        proc = subprocess.Popen([sys.executable, "-m", "vmfixtures", "--quiet", *argv], cwd=self.folder,
-                                env=self._env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.backgrounds.append(Background(proc, list(argv)))
         return self.backgrounds[-1]
 
@@ -169,6 +149,8 @@ class Background:
 
     A thread reads stdout line by line into a queue: select() on a buffered pipe
     misses lines that arrived together with the one just read."""
+
+    action: str | None = None  # the operator action it carries out (set by the product adapter)
 
     def __init__(self, proc: subprocess.Popen, argv: list[str]):
         self.proc, self.argv = proc, argv
@@ -246,22 +228,15 @@ class Fixtures:
 
 @dataclass
 class RunnerProcess:
-    """Another test runner holding leased VMs (`vmfixtures lease hold`)."""
+    """Another test runner holding leased VMs (``Product.hold_lease``)."""
 
     proc: subprocess.Popen
-    first_line: str
+    lease_id: str
+    ssh_port: int  # of the VM it holds
 
     @property
     def pid(self) -> int:
         return self.proc.pid
-
-    @property
-    def lease_id(self) -> str:
-        return self.first_line.split("(lease ", 1)[1].split(",", 1)[0]
-
-    @property
-    def ssh_port(self) -> int:
-        return int(self.first_line.split("ssh 127.0.0.1:", 1)[1].split()[0])
 
     def kill(self) -> None:
         self.proc.kill()
@@ -270,21 +245,11 @@ class RunnerProcess:
 
 def spawn_runner(project: Project, name: str, ttl: float, state_dir: Path | None = None,
                  timeout: float = 120) -> RunnerProcess:
-    """Start a separate process that leases VM ``name`` of the project config and holds it.
+    """A separate `vmfixtures` process that leases VM ``name`` of the project config and holds it
+    (``state_dir``: storage of its own; default the run's). For tools outside the spec (bench/)."""
+    from .sut.reference import Vmfixtures
 
-    ``state_dir`` gives the runner storage of its own (default: the run's)."""
-    env = dict(os.environ, VMFIXTURES_STATE_DIR=str(state_dir or project.scope.dir),
-               VMFIXTURES_BACKEND=project.scope.backend)
-    env.pop("VMFIXTURES_LEASE", None)
-    argv = ["lease", "hold", name, "-c", str(project.config_path), "--ttl", str(ttl)]
-    proc = subprocess.Popen([sys.executable, "-m", "vmfixtures", "--quiet", *argv], cwd=project.folder, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        line = Background(proc, argv).wait_for_line(f"{name}: ", timeout)[0]
-    except AssertionError:
-        proc.kill()
-        raise
-    return RunnerProcess(proc, line.strip())
+    return Vmfixtures(project).hold_lease(name, ttl, state_dir, timeout)
 
 
 def serve_in_guest(machine, port: int, text: str) -> None:

@@ -16,6 +16,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from ..errors import Unsupported
 
@@ -27,11 +28,24 @@ DONE, REFUSED, FAILED = "done", "refused", "failed"
 UNKNOWN_VM, BAD_CONFIG, BUSY, MISSING_SOURCE, NOT_WRITABLE, CORRUPT, EXISTS, MISMATCH, MISSING_TOOL, \
     NOT_RUNNING, UNSUPPORTED = ("unknown-vm", "bad-config", "busy", "missing-source", "not-writable", "corrupt",
                                 "exists", "mismatch", "missing-tool", "not-running", "unsupported")
+UNKNOWN_AGENT, UNKNOWN_SNAPSHOT, MISSING_ARTIFACT, BROKEN_CHAIN, NO_TUNNEL = (
+    "unknown-agent", "unknown-snapshot", "missing-artifact", "broken-chain", "no-tunnel")
+
+# Remarks on a done outcome (``Outcome.note``): nothing needed doing (EXISTS: what was asked for was there already).
+NOTHING_CHANGED = "nothing-changed"
 
 
 @dataclass
 class Outcome:
-    """What became of one operator action."""
+    """What became of one operator action.
+
+    Besides status and refusal kind, an adapter fills in what the product's answer *names*, in
+    neutral form, so a scenario whose rule is about what the operator is told can check it without
+    knowing the wording: ``subject`` (the VM, agent, snapshot, guest path or address the answer is
+    about), ``where`` (config file and line of a config error) and ``config_field`` (its field path),
+    ``differences`` (field -> (existing, requested) of a mismatch), ``holder`` (the pid holding a busy
+    resource) and ``data`` (machine-readable output: status rows, backup chains, ...). ``process`` is
+    a long-running command that is still running (port forwarding)."""
 
     action: str
     status: str                 # done | refused | failed
@@ -41,15 +55,29 @@ class Outcome:
     stdout: str = ""
     stderr: str = ""
     argv: list[str] = field(default_factory=list)
+    subject: str | None = None
+    where: tuple[str, int | None] | None = None
+    config_field: str | None = None
+    differences: dict[str, tuple[str, str]] = field(default_factory=dict)
+    holder: int | None = None
+    data: Any = None
+    process: Any = None
 
     @property
     def done(self) -> bool:
         return self.status == DONE
 
+    def refused_for(self, kind: str, subject: str | None = None) -> bool:
+        """Refused for ``kind`` (and, when given, naming ``subject``)."""
+        return self.status == REFUSED and self.refusal == kind and (subject is None or self.subject == subject)
+
     def describe(self) -> str:
         """For assertion messages: what ran and what it said."""
         what = f"{self.status}" + (f" ({self.refusal})" if self.refusal else "")
-        return (f"`{' '.join(self.argv)}` -> {what}, exit {self.exit_code}\n"
+        named = {k: v for k, v in (("subject", self.subject), ("where", self.where),
+                                   ("config_field", self.config_field), ("differences", self.differences),
+                                   ("holder", self.holder), ("note", self.note)) if v}
+        return (f"`{' '.join(self.argv)}` -> {what}, exit {self.exit_code}{f' {named}' if named else ''}\n"
                 f"  stdout: {self.stdout.strip()[-600:]!r}\n  stderr: {self.stderr.strip()[-600:]!r}")
 
 
@@ -60,6 +88,8 @@ class Product(ABC):
     name: str
     #: capabilities (features' capability tags) this product offers
     supports: frozenset[str] = frozenset()
+    #: the installed Python distribution whose version the product reports (None: not a Python package)
+    distribution: str | None = None
 
     def lacks(self, capability: str | None) -> str | None:
         """None when supported (or when the feature names no capability), else the reason a
@@ -123,3 +153,165 @@ class Product(ABC):
         if not self.snapshot_format:
             self._unsupported("name snapshots")
         return when.strftime(self.snapshot_format)
+
+    # -- VM lifecycle (each acts on one VM of the config; ``*_all_vms`` on every VM of it) ------------
+    def create_vm(self, name: str) -> Outcome:
+        """Create and start ``name``; a VM already there with the same spec is done with note EXISTS
+        and ``subject`` its name; another spec is refused (MISMATCH) with ``differences``."""
+        self._unsupported("create a VM")
+
+    def create_all_vms(self) -> Outcome:
+        self._unsupported("create every VM of the config")
+
+    def start_vm(self, name: str) -> Outcome:
+        self._unsupported("start a VM")
+
+    def start_all_vms(self) -> Outcome:
+        self._unsupported("start every VM of the config")
+
+    def stop_vm(self, name: str, deadline: float | None = None) -> Outcome:
+        """Power ``name`` off, forcing it after ``deadline`` seconds (the product's default when None)."""
+        self._unsupported("stop a VM")
+
+    def stop_all_vms(self) -> Outcome:
+        self._unsupported("stop every VM of the config")
+
+    def restart_vm(self, name: str) -> Outcome:
+        self._unsupported("restart a VM")
+
+    def restart_all_vms(self) -> Outcome:
+        self._unsupported("restart every VM of the config")
+
+    def destroy_vm(self, name: str) -> Outcome:
+        self._unsupported("destroy a VM")
+
+    def destroy_all_vms(self) -> Outcome:
+        self._unsupported("destroy every VM of the config")
+
+    def list_vms(self) -> Outcome:
+        """``data``: one dict per VM the product knows, with at least name and state."""
+        self._unsupported("list VMs")
+
+    def accelerator(self) -> Outcome:
+        """``data``: {"name": the accelerator VMs run on (kvm, tcg, ...), "reason": why}."""
+        self._unsupported("report the accelerator")
+
+    # -- mounts --------------------------------------------------------------------------
+    def mount(self, source: str) -> Outcome:
+        self._unsupported("mount a folder")
+
+    def mount_all(self) -> Outcome:
+        self._unsupported("mount every folder of the config")
+
+    def unmount(self, source: str) -> Outcome:
+        self._unsupported("unmount a folder")
+
+    def add_mount(self, source: str, target: str, vm: str) -> Outcome:
+        """Mount ``source`` at ``target`` in ``vm`` and add it to the config."""
+        self._unsupported("add a mount")
+
+    def remove_mount(self, source: str) -> Outcome:
+        """Unmount ``source`` and drop it from the config."""
+        self._unsupported("remove a mount")
+
+    # -- agents --------------------------------------------------------------------------
+    def install_agent(self, name: str) -> Outcome:
+        self._unsupported("install an agent")
+
+    def install_all_agents(self) -> Outcome:
+        self._unsupported("install every agent of the config")
+
+    def run_agent(self, name: str, backups: bool = True, args: tuple[str, ...] = ()) -> Outcome:
+        """Run agent ``name`` in its mounted project to its end (``args`` passed to it). Done when the
+        agent ran, whatever it exited with: ``data`` is {"exit_code": the agent's exit code}."""
+        self._unsupported("run an agent")
+
+    def start_agent(self, name: str):
+        """Start agent ``name`` and return at once: a ``testkit.Background`` to end with ``agent_ended``."""
+        self._unsupported("start an agent in the background")
+
+    def agent_ended(self, run, timeout: float = 60) -> Outcome:
+        """Wait for a run from ``start_agent`` to end; an Outcome as ``run_agent`` gives."""
+        self._unsupported("wait for an agent run")
+
+    # -- connectivity --------------------------------------------------------------------
+    def ssh(self, name: str, command: str) -> Outcome:
+        """Run ``command`` in ``name`` over SSH; its output is the outcome's stdout."""
+        self._unsupported("run a command over SSH")
+
+    def shell(self, name: str, typed: str) -> Outcome:
+        """An interactive shell on ``name`` fed ``typed`` (lines) and left."""
+        self._unsupported("open a shell")
+
+    def status(self) -> Outcome:
+        """``data``: VM name -> {"state", "cpus", "memory", "mounts": [{"source", "target", "mounted",
+        "last_backup"}], "agents": [{"name", "pids"}]} for each VM of the config."""
+        self._unsupported("report the project's status")
+
+    # -- port forwarding -----------------------------------------------------------------
+    def start_forwarding(self, timeout: float) -> Outcome:
+        """Bring the config's tunnels up. Done once the product says they are up, with ``process``
+        the running forwarder; refused or failed when it ended instead."""
+        self._unsupported("forward ports")
+
+    def stop_forwarding(self, process) -> Outcome:
+        """Stop a forwarder from ``start_forwarding`` the way an operator does (Ctrl-C)."""
+        self._unsupported("stop port forwarding")
+
+    # -- VM disk backups -----------------------------------------------------------------
+    def disk_backup(self, name: str, dest: Path, group_by: str | None = None, full: bool = False) -> Outcome:
+        self._unsupported("back up a VM's disk")
+
+    def disk_backups(self, dest: Path) -> Outcome:
+        """``data``: the chains in ``dest``, oldest first: {"chain": folder, "links": [{"kind": "full" |
+        "incremental", "file": path, "at": when}]}."""
+        self._unsupported("list disk backups")
+
+    def prune_disk_backups(self, dest: Path, keep: int) -> Outcome:
+        self._unsupported("prune disk backups")
+
+    def scrub_backup_bitmap(self, name: str) -> Outcome:
+        """Forget what the last disk backup of ``name`` saw (the next one is full); note NOTHING_CHANGED
+        when there was nothing to forget."""
+        self._unsupported("scrub a VM's backup bitmap")
+
+    def restore_disk_backup(self, chain: Path, new_name: str) -> Outcome:
+        self._unsupported("restore a disk backup")
+
+    # -- VM snapshots --------------------------------------------------------------------
+    def save_snapshot(self, name: str, tag: str) -> Outcome:
+        self._unsupported("save a VM snapshot")
+
+    def restore_snapshot(self, name: str, tag: str) -> Outcome:
+        self._unsupported("restore a VM snapshot")
+
+    # -- config and version --------------------------------------------------------------
+    def example_config(self) -> Outcome:
+        """Write the example config; an existing one is kept (done, note EXISTS)."""
+        self._unsupported("write an example config")
+
+    def check_config(self) -> Outcome:
+        """Done when the product finds the config valid."""
+        self._unsupported("check a config")
+
+    def version_report(self) -> Outcome:
+        """``data``: {"version": the product's, "python": the Python it runs on, "qemu": the first line of
+        ``--version`` of the QEMU it drives, None when there is none}."""
+        self._unsupported("report its version")
+
+    # -- the fixture daemon ----------------------------------------------------------------
+    def observe(self, fix: bool = False) -> Outcome:
+        """One observer pass (with its safe fixes when ``fix``); ``data``: {"killed": [pids]}."""
+        self._unsupported("run the observer")
+
+    def install_service(self, socket: Path) -> Outcome:
+        """Install the daemon as a systemd service answering on ``socket``."""
+        self._unsupported("install the daemon as a service")
+
+    def uninstall_service(self, socket: Path) -> Outcome:
+        self._unsupported("uninstall the daemon service")
+
+    def hold_lease(self, name: str, ttl: float, state_dir: Path | None = None, timeout: float = 120):
+        """Another runner, in a process of its own, leasing VM ``name`` of the config and holding it:
+        a ``testkit.RunnerProcess`` (its pid, lease id and the VM's SSH port)."""
+        self._unsupported("hold a lease")

@@ -82,6 +82,24 @@ class Host:
         """A YAML file as PyYAML reads it (not through any product's loader)."""
         return yaml.safe_load(Path(path).read_text())
 
+    # -- installed software ------------------------------------------------
+    @staticmethod
+    def installed_version(distribution: str) -> str:
+        """The version of an installed Python distribution, as its package metadata says."""
+        from importlib import metadata
+
+        return metadata.version(distribution)
+
+    @staticmethod
+    def qemu_version() -> str | None:
+        """The first line of ``qemu-system-x86_64 --version``; None when QEMU is not installed."""
+        import shutil
+        import subprocess
+
+        qemu = shutil.which("qemu-system-x86_64")
+        return subprocess.run([qemu, "--version"], check=False, capture_output=True, text=True).stdout.splitlines()[0] \
+            if qemu else None
+
     # -- processes ---------------------------------------------------------
     @staticmethod
     def process(pid: int, started: float | None = None) -> psutil.Process | None:
