@@ -120,7 +120,13 @@ class Observer:
                                         "destroy the VM that used it, its data is gone (--fix marks the disk "
                                         "removed in the ledger)"))
         storages = self.storages()
+        # A VM being created or destroyed may have its process before (or after) its record of it:
+        # libvirt starts QEMU inside a restore that takes a second. Its folder's row covers it.
+        in_flight = {str((Path(r["storage"]) / r["name"]).resolve()) for r in live_rows
+                     if r["state"] in ("creating", "destroying")}
         for proc, cwd in orphan_qemus(storages, owned_pids):
+            if str(Path(cwd).resolve()) in in_flight:
+                continue
             findings.append(Finding("orphan-process", f"QEMU pid {proc.pid}",
                                     f"runs in {cwd} with no ledger row: {' '.join(proc.cmdline()[:3])}",
                                     "kill it (`vmfixtures observe --fix`)"))

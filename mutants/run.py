@@ -1,0 +1,548 @@
+#!/usr/bin/env python3
+"""Mutation runner: prove that the specification's checks can fail.
+
+Each mutant is one small, realistic defect put into the reference product
+(an exact ``find`` text replaced by ``replace`` in one file) together with
+the behave selection that claims to catch it. For each mutant the runner
+copies the work tree to a fresh folder under /tmp, applies the defect to the
+copy only, and runs that selection there with the copy first on PYTHONPATH
+(so behave, the CLI the steps spawn and the fixture daemon all load the
+mutated code) and with private state, data, socket and runtime folders.
+
+Before the mutants, every selection runs once unmutated ("baseline"): a
+selection that fails on its own says nothing about a mutant.
+
+Results: caught (behave failed, with at least one failed scenario),
+survived (every selected scenario passed), baseline failed, error (behave
+failed without a failing scenario, or timed out), not run (everything
+skipped). A table goes to stdout, details to reports/mutants.json.
+
+Exit codes: 0 every mutant caught; 1 a mutant survived or a result is not
+conclusive; 2 bad usage; 3 a mutant no longer applies to the sources.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+BEHAVE = REPO / ".venv" / "bin" / "behave"
+PYTHON = REPO / ".venv" / "bin" / "python"
+REPORT = REPO / "reports" / "mutants.json"
+TOP_LEVEL_SKIP = {".git", ".venv", "reports", ".hypothesis", ".pytest_cache", ".ruff_cache", "mutants"}
+# A run's own settings replace these; the others (mirror, accelerator, ...) pass through.
+ENV_DROPPED = ("VMFIXTURES_LEASE", "VMFIXTURES_OWNER_PID", "VMFIXTURES_KEEP_DAEMON", "VMFIXTURES_DAEMON")
+TERM_GRACE = 90.0  # behave turns SIGTERM into its after_all cleanup (daemon shutdown, leases ended)
+
+
+class Refusal(Exception):
+    """A one-line reason to stop before running anything (bad input, a mutant that no longer applies)."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which scenarios run: feature files, optionally narrowed by -n name regexes."""
+
+    features: tuple[str, ...]
+    names: tuple[str, ...] = ()
+    fresh_key: bool = False  # a new installation key (and so a private image cache) instead of a copy of ours
+
+    def argv(self) -> list[str]:
+        return [*self.features, *(a for n in self.names for a in ("-n", n))]
+
+    def label(self) -> str:
+        text = " ".join(self.features + tuple(f"-n {n!r}" for n in self.names))
+        return text + (" [fresh key]" if self.fresh_key else "")
+
+
+@dataclass(frozen=True)
+class Mutant:
+    """One defect: replace ``find`` (exactly ``count`` occurrences) by ``replace`` in ``file``."""
+
+    name: str
+    description: str
+    file: str
+    find: str
+    replace: str
+    selection: Selection
+    count: int = 1
+
+    def mutate(self, root: Path) -> None:
+        """Apply the defect to the tree at ``root``; Refusal when it no longer applies."""
+        path = root / self.file
+        if not path.is_file():
+            raise Refusal(f"mutant {self.name} no longer applies: {self.file} does not exist", 3)
+        text = path.read_text()
+        found = text.count(self.find)
+        if found == 0:
+            raise Refusal(f"mutant {self.name} no longer applies: text not found in {self.file}", 3)
+        if found != self.count:
+            raise Refusal(f"mutant {self.name} no longer applies: text found {found} times in {self.file}, "
+                          f"expected {self.count}", 3)
+        mutated = text.replace(self.find, self.replace)
+        try:
+            compile(mutated, str(path), "exec")  # a defect that does not even import is not realistic
+        except SyntaxError as exc:
+            raise Refusal(f"mutant {self.name} does not compile: {self.file} line {exc.lineno}: {exc.msg}", 3)
+        path.write_text(mutated)
+
+
+def _sel(feature: str, *names: str, fresh_key: bool = False) -> Selection:
+    return Selection((f"features/{feature}",), names, fresh_key)
+
+
+MUTANTS = [
+    Mutant("backup-snapshots-unchanged",
+           "the change check runs rsync with --verbose, so its output is never empty: a snapshot every time",
+           "vmfixtures/backups/folders.py",
+           '"--dry-run", "--itemize-changes",', '"--dry-run", "--itemize-changes", "--verbose",',
+           _sel("backups.feature", "No new snapshot when nothing changed")),
+    Mutant("backup-copies-unchanged",
+           "--copy-dest instead of --link-dest: unchanged files are copied, not hard-linked",
+           "vmfixtures/backups/folders.py",
+           'args.append(f"--link-dest={previous.resolve()}")', 'args.append(f"--copy-dest={previous.resolve()}")',
+           _sel("backups.feature", "Unchanged files are shared with the previous snapshot")),
+    Mutant("tail-keeps-oldest",
+           "backup-clean tail N keeps the oldest N snapshots instead of the newest",
+           "vmfixtures/backups/retention.py",
+           "return set(range(max(0, len(times) - n), len(times)))", "return set(range(min(n, len(times))))",
+           _sel("backups.feature", "tail keeps the newest snapshots")),
+    Mutant("sigterm-kills-backup-loop",
+           "repeated backups handle SIGINT only: SIGTERM kills them mid-backup (exit -15, a partial may stay)",
+           "vmfixtures/cli.py",
+           "    stop = threading.Event()\n    for sig in (signal.SIGINT, signal.SIGTERM):",
+           "    stop = threading.Event()\n    for sig in (signal.SIGINT,):",
+           _sel("backups.feature", "stop cleanly on SIGTERM")),
+    Mutant("backup-writes-final-name",
+           "rsync writes straight into the snapshot's final name: an interrupted copy looks like a snapshot",
+           "vmfixtures/backups/folders.py",
+           'partial = dest / f"{stamp}{PARTIAL_SUFFIX}"', "partial = dest / stamp",
+           _sel("backups.feature", "leave no partial snapshot")),
+    Mutant("tunnel-not-restored",
+           "an ssh tunnel killed by a signal is taken for a deliberate stop and never restored",
+           "vmfixtures/forwarding.py",
+           "                if not self._restore(t, killed=code < 0):",
+           "                if code < 0 or not self._restore(t, killed=code < 0):",
+           _sel("forwarding.feature", "A tunnel whose ssh process dies is restored")),
+    Mutant("forward-binds-all-interfaces",
+           "a bare forward port binds 0.0.0.0 instead of 127.0.0.1 (where spec.py picks the host address)",
+           "vmfixtures/spec.py",
+           '    addr, port = "127.0.0.1", value', '    addr, port = "0.0.0.0", value',
+           _sel("forwarding.feature", "A web app running in the VM is opened from the host")),
+    Mutant("addmount-saves-before-mounting",
+           "addmount writes the entry into the config before mounting, so a failed mount leaves it there",
+           "vmfixtures/cli.py",
+           "    mounts.mount(new.source, new.target)\n    try:\n        save_config(config, data)\n"
+           "    except BaseException:\n        mounts.umount(new.target)  # the file could not be written: undo the "
+           "mount too\n        raise\n",
+           "    save_config(config, data)\n    mounts.mount(new.source, new.target)\n",
+           _sel("mounts.feature", "Adding a mount of a folder that does not exist is refused")),
+    Mutant("agent-outside-mount",
+           "the agent is started in the SSH login folder, not cd'd into the mounted project",
+           "vmfixtures/agents/__init__.py",
+           'command = f"cd {shlex.quote(mount.target)} && exec env {env}', 'command = f"exec env {env}',
+           _sel("agent_runs.feature", "The agent starts in the mounted project folder")),
+    Mutant("observer-trusts-run-file",
+           "the observer takes a VM with a run.json for running, so a killed QEMU goes unnoticed",
+           "vmfixtures/observer.py",
+           '            if row["state"] in RUNNING_STATES and proc is None:',
+           '            if row["state"] in RUNNING_STATES and driver.run_info(row["name"]) is None:',
+           _sel("observer.feature", "A VM whose process died is reported")),
+    Mutant("stop-never-forces",
+           "stop waits for the power button's deadline but never forces the guest off: QEMU keeps running",
+           "vmfixtures/backends/qemu.py",
+           "            if not graceful:\n                self._force_off(name, proc)\n",
+           "            if not graceful:\n                pass  # left to power off on its own\n",
+           _sel("vm_lifecycle.feature", "A guest that ignores the power button is forced off")),
+    # ensure_keypair repairs a loose mode on every call, so a key merely *created* 0644 heals itself at
+    # the next command: the realistic defect that stays is the wrong mode constant in both places. It
+    # needs a key this run creates (a copy of ours is 0600 already), hence a fresh key and image.
+    Mutant("key-world-readable",
+           "keys.py uses mode 0o644 for the private key, when creating it and when 'repairing' it",
+           "vmfixtures/keys.py", "0o600", "0o644",
+           _sel("connectivity.feature", "The operator runs a command in the VM over SSH", fresh_key=True), count=2),
+    Mutant("pool-cold-boots",
+           "the daemon asks the backend for 'memory-snapshot' (a typo), finds none and cold-boots every lease",
+           "vmfixtures/daemon/service.py",
+           "        if driver.supports(backends.base.MEMORY_SNAPSHOTS):",
+           '        if driver.supports("memory-snapshot"):',
+           _sel("fixture_daemon.feature", "A lease gives a running VM from the warm pool")),
+    Mutant("umount-leaves-helpers",
+           "umount drops the mount's record but never stops its ssh/sftp helpers (trusts them to exit)",
+           "vmfixtures/mounts.py",
+           "        self._stop_helpers(rec)\n        return rec\n",
+           "        for suffix in (\".json\", \".log\"):\n"
+           "            (self.folder / f\"{_key(rec.target)}{suffix}\").unlink(missing_ok=True)\n        return rec\n",
+           _sel("mounts.feature", "After unmounting, the folder is gone from the VM")),
+    Mutant("status-shows-config-resources",
+           "status reports the cpus/memory/disk the config asks for instead of the VM's own",
+           "vmfixtures/status.py",
+           '        row = existing.get(name) or {"name": name, "state": "missing", "cpus": spec.cpus,\n'
+           '                                     "memory": format_size(spec.memory), "disk": format_size(spec.disk)}\n',
+           '        row = {**(existing.get(name) or {"name": name, "state": "missing"}), "cpus": spec.cpus,\n'
+           '               "memory": format_size(spec.memory), "disk": format_size(spec.disk)}\n',
+           _sel("connectivity.feature", "The status shows each VM with its mounts")),
+]
+
+
+# -- one behave run ------------------------------------------------------------------------------
+@dataclass
+class RunResult:
+    """What one behave run of a selection (mutated or not) came to."""
+
+    result: str  # passed | failed | error | not run
+    seconds: float
+    exit_code: int | None
+    passed: int = 0
+    failures: list[dict] = field(default_factory=list)  # scenario, step, error of each failing scenario
+    leftovers_killed: list[str] = field(default_factory=list)
+    tail: str = ""  # end of behave's output when the result is not conclusive
+    folder: str | None = None  # kept with --keep
+
+
+def _copy_tree(source: Path, dest: Path) -> None:
+    """``source`` without VCS, venv, reports and caches."""
+    def ignore(folder, names):
+        skip = {n for n in names if n == "__pycache__"}
+        if Path(folder) == source:
+            skip |= (TOP_LEVEL_SKIP & set(names)) | {n for n in names if n.endswith(".egg-info")}
+        return skip
+
+    shutil.copytree(source, dest, ignore=ignore, symlinks=True)
+
+
+def _installation_key_dir() -> Path:
+    """The developer's key folder (as vmfixtures finds it), whose key the cached guest image trusts."""
+    base = os.environ.get("VMFIXTURES_DATA_DIR") or Path(os.environ.get("XDG_DATA_HOME")
+                                                         or Path.home() / ".local/share") / "vmfixtures"
+    return Path(base) / "ssh"
+
+
+def _environment(root: Path, copy: Path, fresh_key: bool) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ENV_DROPPED}
+    data = root / "data"
+    if fresh_key:
+        data.mkdir()
+        env["VMFIXTURES_CACHE_DIR"] = str(root / "cache")  # the new key's image is built there, removed with it
+    else:
+        # A copy of our key: the cached image (keyed by it) is reused, and a mutant cannot touch the real one.
+        shutil.copytree(_installation_key_dir(), data / "ssh")
+    (root / "runtime").mkdir(mode=0o700)
+    env.update(PYTHONPATH=str(copy), VMFIXTURES_STATE_DIR=str(root / "state"), VMFIXTURES_DATA_DIR=str(data),
+               VMFIXTURES_DAEMON_SOCKET=str(root / "d.sock"),
+               XDG_RUNTIME_DIR=str(root / "runtime"))  # VM socket folders live here, not in the shared /tmp/vmfx-<uid>
+    return env
+
+
+def _check_isolation(copy: Path, env: dict, cwd: Path) -> str:
+    """Prove the copy wins over the editable install, from a folder other than the copy (as the CLI runs)."""
+    r = subprocess.run([str(PYTHON), "-c", "import vmfixtures; print(vmfixtures.__file__)"], cwd=cwd, env=env,
+                       capture_output=True, text=True)
+    where = r.stdout.strip()
+    if r.returncode != 0 or not where.startswith(str(copy) + "/"):
+        raise Refusal(f"isolation broken: vmfixtures loads from {where or r.stderr.strip()[-200:]!r}, "
+                      f"not from the copy {copy}", 1)
+    return where
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root + "/")
+
+
+def _leftovers(root: Path, copy: Path) -> list[psutil.Process]:
+    """Processes of this run still alive: working under ``root``, started with the copy on PYTHONPATH, or
+    a QEMU of ours (``guest=vmfx-``) holding a file under ``root``."""
+    here, found = str(root.resolve()), []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        if proc.pid == os.getpid():
+            continue
+        try:
+            if _under(proc.cwd(), here) or proc.environ().get("PYTHONPATH") == str(copy):
+                found.append(proc)
+            elif any(a.startswith("guest=vmfx-") for a in proc.info["cmdline"] or []) and \
+                    any(_under(f.path, here) for f in proc.open_files()):
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def _reap(root: Path, copy: Path) -> list[str]:
+    """SIGKILL what the run left alive (a daemon may start VMs while it dies: look again)."""
+    killed = []
+    for _ in range(3):
+        procs = _leftovers(root, copy)
+        if not procs:
+            break
+        for proc in procs:
+            try:
+                killed.append(f"{proc.pid} {' '.join(proc.cmdline())[:120]}")
+                proc.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(procs, timeout=10)
+    return killed
+
+
+def _remove(root: Path) -> None:
+    shutil.rmtree(root, ignore_errors=True)
+    if root.exists():  # a scenario killed mid-way may leave its read-only (chattr +i) backup folder behind
+        subprocess.run(["chattr", "-R", "-i", str(root)], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _scenarios(report: Path) -> tuple[int, list[dict]]:
+    """(passed, failing) scenarios from behave's JSON report; failing ones with their first bad step."""
+    try:
+        features = json.loads(report.read_text())
+    except (OSError, ValueError):
+        return 0, []
+    passed, failing = 0, []
+    for feature in features:
+        for element in feature.get("elements", []):
+            if element.get("type") == "background":
+                continue
+            status = element.get("status")
+            if status == "passed":
+                passed += 1
+            elif status not in ("skipped", "untested", None):
+                step = next((s for s in element.get("steps", [])
+                             if s.get("result", {}).get("status") not in ("passed", "skipped", None)), {})
+                error = step.get("result", {}).get("error_message") or ""
+                error = error if isinstance(error, str) else "\n".join(error)
+                failing.append({"scenario": element.get("name", "").strip(),
+                                "step": f"{step.get('keyword', '')} {step.get('name', '')}".strip(),
+                                "error": _headline(error)})
+    return passed, failing
+
+
+def _headline(error: str) -> str:
+    """An assertion's first line, or the exception at the end of a traceback."""
+    lines = [line.strip() for line in error.strip().splitlines() if line.strip()]
+    if not lines:
+        return ""
+    return (lines[-1] if lines[0].startswith("Traceback") else lines[0])[:300]
+
+
+def _tail(*files: Path, lines: int = 25) -> str:
+    text = "".join(f.read_text(errors="replace") for f in files if f.is_file())
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def run_selection(sources: Path, selection: Selection, mutant: Mutant | None, timeout: float, keep: bool,
+                  announce_isolation: bool = False) -> RunResult:
+    """Run ``selection`` in a fresh copy of ``sources`` (with ``mutant`` applied, if any)."""
+    root = Path(tempfile.mkdtemp(prefix="vmfx-mut-", dir="/tmp"))
+    copy = root / "repo"
+    start = time.monotonic()
+    proc = None
+    killed: list[str] = []  # filled by the finally block, after the result exists
+    try:
+        _copy_tree(sources, copy)
+        if mutant:
+            mutant.mutate(copy)
+        env = _environment(root, copy, selection.fresh_key)
+        (root / "state").mkdir()
+        where = _check_isolation(copy, env, root / "state")
+        if announce_isolation:
+            print(f"isolation: vmfixtures loads from {where}", flush=True)
+        out, err, report = root / "behave.out", root / "behave.err", root / "behave.json"
+        argv = [str(BEHAVE), *selection.argv(), "-f", "progress", "-o", "-", "-f", "json", "-o", str(report)]
+        with open(out, "w") as o, open(err, "w") as e:
+            proc = subprocess.Popen(argv, cwd=copy, env=env, stdout=o, stderr=e, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)  # its own group: a timeout stops all of it
+            try:
+                code = proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                code = None
+                _stop_group(proc)
+        passed, failing = _scenarios(report)
+        if code is None:
+            result = "error"
+        elif code != 0:
+            result = "failed" if failing else "error"
+        else:
+            result = "passed" if passed else "not run"
+        tail = "" if result in ("passed", "failed") else _tail(out, err)
+        if code is None:
+            tail = f"timed out after {timeout:.0f}s\n{tail}"
+        return RunResult(result, round(time.monotonic() - start, 1), code, passed, failing, killed, tail,
+                         str(root) if keep else None)
+    finally:
+        if proc is not None and proc.poll() is None:  # interrupted (Ctrl-C): let behave clean up first
+            _stop_group(proc)
+        killed.extend(_reap(root, copy))
+        if killed:
+            print(f"  killed {len(killed)} leftover process(es) of the run in {root}", flush=True)
+        if not keep:
+            _remove(root)
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM behave's process group (behave runs its cleanup), SIGKILL it after a grace period."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(TERM_GRACE)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass
+
+
+# -- the whole job -------------------------------------------------------------------------------
+def _chosen(only: str | None) -> list[Mutant]:
+    if not only:
+        return MUTANTS
+    names = [n.strip() for n in only.split(",") if n.strip()]
+    known = {m.name: m for m in MUTANTS}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise Refusal(f"unknown mutant(s) {', '.join(unknown)} (see --list)", 2)
+    return [known[n] for n in names]
+
+
+def _preflight(mutants: list[Mutant], sources: Path) -> None:
+    """Every mutant must apply to ``sources`` before the VM runs start."""
+    if not BEHAVE.is_file():
+        raise Refusal(f"{BEHAVE} not found: set up the virtual environment first (./bootstrap spec)", 2)
+    if any(not m.selection.fresh_key for m in mutants) and not (_installation_key_dir() / "id_ed25519").is_file():
+        raise Refusal(f"no installation key in {_installation_key_dir()}: run the spec once (./bootstrap spec) "
+                      "so the key and its guest image exist", 2)
+    for m in mutants:
+        problem = _problem(m, sources)
+        if problem:
+            raise Refusal(problem, 3)
+
+
+def _problem(m: Mutant, sources: Path = REPO) -> str | None:
+    """Why ``m`` does not apply to ``sources`` (None when it does)."""
+    with tempfile.TemporaryDirectory(prefix="vmfx-mut-check-") as tmp:
+        target = Path(tmp) / m.file
+        target.parent.mkdir(parents=True)
+        if (sources / m.file).is_file():
+            shutil.copy2(sources / m.file, target)
+        try:
+            m.mutate(Path(tmp))
+        except Refusal as exc:
+            return str(exc)
+    return None
+
+
+def _first_failure(r: RunResult) -> str:
+    return r.failures[0]["scenario"] if r.failures else ""
+
+
+def _print_table(rows: list[dict]) -> None:
+    headers = ("mutant", "covering selection", "result", "seconds", "first failing scenario")
+    table = [(r["name"], r["selection"], r["result"], f"{r['seconds']:.0f}", r["first_failure"]) for r in rows]
+    widths = [min(60, max(len(h), *(len(str(row[i])) for row in table))) for i, h in enumerate(headers)]
+    line = "  ".join(f"{{:<{w}}}" for w in widths)
+    print()
+    print(line.format(*headers))
+    print(line.format(*("-" * w for w in widths)))
+    for row in table:
+        print(line.format(*(str(c)[:w] if i < len(widths) - 1 else str(c) for i, (c, w) in enumerate(zip(row, widths)))))
+
+
+def _list(mutants: list[Mutant]) -> int:
+    problems = 0
+    for m in mutants:
+        problem = _problem(m)
+        problems += bool(problem)
+        print(f"{m.name}\n    {m.description}\n    file: {m.file}\n    selection: {m.selection.label()}"
+              f"\n    applies: {'NO: ' + problem if problem else 'yes'}")
+    return 3 if problems else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse options, run baselines then mutants, print the table, write reports/mutants.json."""
+    parser = argparse.ArgumentParser(description="Prove the specification's checks can fail: run each mutant's "
+                                                 "covering scenarios against a mutated copy of the product.")
+    parser.add_argument("--only", metavar="NAME[,NAME]", help="run only these mutants")
+    parser.add_argument("--list", action="store_true", help="list the mutants and their covering selections")
+    parser.add_argument("--keep", action="store_true", help="keep each run's temporary folder (for debugging)")
+    parser.add_argument("--timeout", type=float, default=900, metavar="SECONDS",
+                        help="per behave run (default 900)")
+    args = parser.parse_args(argv)
+    if args.timeout <= 0:
+        raise Refusal(f"--timeout {args.timeout:g}: must be a positive number of seconds", 2)
+    mutants = _chosen(args.only)
+    if args.list:
+        return _list(mutants)
+    # Others edit the work tree meanwhile: one snapshot of it serves the baselines and every mutant,
+    # so a mutant is always judged against the very sources its baseline passed on.
+    sources = Path(tempfile.mkdtemp(prefix="vmfx-mut-src-", dir="/tmp")) / "repo"
+    try:
+        _copy_tree(REPO, sources)
+        _preflight(mutants, sources)
+        return _run_all(mutants, sources, args)
+    finally:
+        shutil.rmtree(sources.parent, ignore_errors=True)
+
+
+def _run_all(mutants: list[Mutant], sources: Path, args) -> int:
+    """Baselines, then mutants, on copies of ``sources``; the table and the JSON report. Returns the exit code."""
+    started = datetime.now().isoformat(timespec="seconds")
+    baselines: dict[Selection, RunResult] = {}
+    for i, sel in enumerate(dict.fromkeys(m.selection for m in mutants)):
+        print(f"baseline {sel.label()} ...", flush=True)
+        baselines[sel] = run_selection(sources, sel, None, args.timeout, args.keep, announce_isolation=(i == 0))
+        print(f"  {baselines[sel].result} in {baselines[sel].seconds:.0f}s", flush=True)
+
+    rows = []
+    for m in mutants:
+        base = baselines[m.selection]
+        if base.result != "passed":
+            r, result = RunResult("skipped", 0.0, None), "baseline failed"
+        else:
+            print(f"mutant {m.name}: {m.selection.label()} ...", flush=True)
+            r = run_selection(sources, m.selection, m, args.timeout, args.keep)
+            result = {"failed": "caught", "passed": "survived"}.get(r.result, r.result)
+            print(f"  {result} in {r.seconds:.0f}s" + (f": {_first_failure(r)}" if r.failures else ""), flush=True)
+        rows.append({"name": m.name, "description": m.description, "file": m.file,
+                     "selection": m.selection.label(), "result": result, "seconds": r.seconds,
+                     "first_failure": _first_failure(r), "failures": r.failures, "exit_code": r.exit_code,
+                     "leftovers_killed": r.leftovers_killed, "output_tail": r.tail, "kept": r.folder})
+
+    _print_table(rows)
+    REPORT.parent.mkdir(exist_ok=True)
+    REPORT.write_text(json.dumps({
+        "started": started, "finished": datetime.now().isoformat(timespec="seconds"), "repo": str(REPO),
+        "baselines": [{"selection": s.label(), "result": r.result, "seconds": r.seconds, "exit_code": r.exit_code,
+                       "failures": r.failures, "leftovers_killed": r.leftovers_killed, "output_tail": r.tail,
+                       "kept": r.folder}
+                      for s, r in baselines.items()],
+        "mutants": rows}, indent=2) + "\n")
+    print(f"\nwritten {REPORT}")
+    counts = {k: sum(1 for r in rows if r["result"] == k) for k in dict.fromkeys(r["result"] for r in rows)}
+    print(", ".join(f"{n} {k}" for k, n in counts.items()))
+    return 0 if all(r["result"] == "caught" for r in rows) else 1
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except Refusal as exc:
+        print(f"mutants: {exc}", file=sys.stderr)
+        sys.exit(exc.code)
+    except KeyboardInterrupt:
+        print("mutants: interrupted (the current run's processes were stopped)", file=sys.stderr)
+        sys.exit(130)
