@@ -29,6 +29,12 @@ Feature: Folder backups
     Then the backup succeeds
     And there is 1 snapshot of "work"
 
+  Scenario: A backup killed halfway leaves no snapshot that looks complete
+    Given the project folder "work" holds 4000 small files
+    When a backup of "work" is killed while it copies
+    Then every snapshot of "work" holds all 4002 files
+    And after the next backup of "work" no partial snapshot of "work" remains
+
   Scenario Outline: Repeated backups stop cleanly on <signal> and leave no partial snapshot
     Given repeated backups of "work" every second are running
     When the host writes "print('v2')" to "work/main.py"

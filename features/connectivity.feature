@@ -32,6 +32,7 @@ Feature: Reaching a VM and seeing what it is doing
       wait GO
       """
     And the agent "scribe" is at work in "devbox"
+    And the config now asks for "devbox" with 2 cpus and 1G of memory
     When the operator asks for the status
     Then the status shows "devbox" running with 1 cpu and 512M of memory
     And the status shows "repo" mounted at "/work/repo" with its last backup

@@ -35,6 +35,13 @@ Feature: Host folders mounted in VMs
     Then the guest of "builder" has no mount at "/work/app"
     And no process serves the mount of "app" any more
 
+  Scenario: Unmounting ends the host side of the mount, even one that hangs
+    Given the operator mounted "app"
+    And the host side of the mount of "app" hangs
+    When the operator unmounts "app"
+    Then the guest of "builder" has no mount at "/work/app"
+    And no process serves the mount of "app" any more
+
   Scenario: Every mount of the config is mounted at once
     Given the project folder "docs" holds "index.md" saying "the docs"
     And the config mounts "docs" at "/work/docs" in "builder"

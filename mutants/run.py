@@ -134,7 +134,7 @@ MUTANTS = [
            "rsync writes straight into the snapshot's final name: an interrupted copy looks like a snapshot",
            "vmfixtures/backups/folders.py",
            'partial = dest / f"{stamp}{PARTIAL_SUFFIX}"', "partial = dest / stamp",
-           _sel("backups.feature", "leave no partial snapshot")),
+           _sel("backups.feature", "A backup killed halfway")),
     Mutant("tunnel-not-restored",
            "an ssh tunnel killed by a signal is taken for a deliberate stop and never restored",
            "vmfixtures/forwarding.py",
@@ -190,7 +190,7 @@ MUTANTS = [
            "        self._stop_helpers(rec)\n        return rec\n",
            "        for suffix in (\".json\", \".log\"):\n"
            "            (self.folder / f\"{_key(rec.target)}{suffix}\").unlink(missing_ok=True)\n        return rec\n",
-           _sel("mounts.feature", "After unmounting, the folder is gone from the VM")),
+           _sel("mounts.feature", "Unmounting ends the host side of the mount")),
     Mutant("status-shows-config-resources",
            "status reports the cpus/memory/disk the config asks for instead of the VM's own",
            "vmfixtures/status.py",

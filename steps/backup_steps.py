@@ -229,3 +229,41 @@ def step_refused(context, reason):
 def step_untouched(context, folder):
     assert context.host.tree(_dest(context, folder)) == context.state_before, \
         f"expected the snapshots of {folder} untouched; {context.outcome.describe()}"
+
+
+@given('the project folder "{folder}" holds {n:d} small files')
+def step_many_files(context, folder, n):
+    tree = context.project.folder / folder / "many"
+    tree.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        (tree / f"f{i:05d}.txt").write_text(f"{i}\n")
+
+
+@when('a backup of "{folder}" is killed while it copies')
+def step_kill_midway(context, folder):
+    """SIGKILL the backup as soon as anything of the new snapshot is on disk (no grace, no cleanup)."""
+    dest = _dest(context, folder)
+    backup = context.sut.start_backup_once(context.project.folder / folder, dest)
+    deadline = time.monotonic() + 30
+    while not (dest.is_dir() and any(p.is_dir() for p in dest.iterdir() if not p.name.startswith("."))):
+        assert backup.proc.poll() is None, f"the backup ended before it could be interrupted: {backup.stderr()}"
+        assert time.monotonic() < deadline, "no snapshot folder appeared within 30 s"
+        time.sleep(0.005)
+    backup.proc.kill()
+    backup.proc.wait()
+
+
+@then('every snapshot of "{folder}" holds all {n:d} files')
+def step_complete_snapshots(context, folder, n):
+    for snap in _snapshots(context, folder):
+        files = [p for p in snap.rglob("*") if p.is_file() and not p.name.startswith(".")]
+        assert len(files) == n, f"snapshot {snap.name} looks complete but holds {len(files)} of {n} files"
+
+
+@then('after the next backup of "{folder}" no partial snapshot of "{folder2}" remains')
+def step_next_backup_cleans(context, folder, folder2):
+    o = _backup(context, folder, folder)
+    assert o.done, f"expected the next backup to work; {o.describe()}"
+    partial = [p.name for p in context.host.partial_snapshots(_dest(context, folder2))]
+    assert not partial, f"expected the leftover of the killed backup removed, found {partial}"
+    step_complete_snapshots(context, folder, sum(1 for p in (context.project.folder / folder).rglob("*") if p.is_file()))

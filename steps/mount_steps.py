@@ -1,6 +1,7 @@
 """Mounts: the operator mounts through the product; facts are checked in the guest and on the host."""
 
 import os
+import signal
 
 from behave import given, then, when
 
@@ -117,6 +118,24 @@ def step_guest_chown(context, vm, path, uid):
 def step_no_mount(context, vm, target):
     mounts = context.host.guest_mounts(context.driver.machine(vm))
     assert target not in mounts, f"expected no mount at {target} in '{vm}', the guest has it as {mounts[target]}"
+
+
+@given('the host side of the mount of "{source}" hangs')
+def step_helper_hangs(context, source):
+    """Freeze (SIGSTOP) the host's file server of the mount: it will never exit on its own."""
+    folder = (context.project.folder / source).resolve()
+    servers = [p for p in context.host.processes_mentioning(folder) if "sftp-server" in " ".join(p.cmdline())]
+    assert servers, f"expected a host process serving {folder}, found none"
+    for proc in servers:
+        proc.send_signal(signal.SIGSTOP)
+        context.add_cleanup(_kill_quietly, proc)
+
+
+def _kill_quietly(proc):
+    try:
+        proc.kill()
+    except Exception:  # noqa: BLE001 - gone already: that is what the scenario wants
+        pass
 
 
 @then('no process serves the mount of "{source}" any more')

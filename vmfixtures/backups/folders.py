@@ -34,6 +34,7 @@ from datetime import datetime
 from pathlib import Path
 
 from ..errors import ConfigError, MissingDependency, PermissionDenied, VmfError
+from ..procs import die_with_parent
 
 SNAPSHOT_RE = re.compile(r"^\d{8}T\d{6}\.\d{6}$")
 PARTIAL_SUFFIX = "-partial"
@@ -90,7 +91,10 @@ def _check(source: Path, dest: Path) -> None:
 
 
 def _rsync(args: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(["rsync", "--modify-window=-1", *args], capture_output=True, text=True)
+    # rsync dies with us: a backup killed halfway must not leave an rsync writing on, into the
+    # partial snapshot that the next backup is about to remove.
+    return subprocess.run(["rsync", "--modify-window=-1", *args], capture_output=True, text=True,
+                          preexec_fn=die_with_parent)
 
 
 def _failed_files(stderr: str) -> list[str]:

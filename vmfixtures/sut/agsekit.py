@@ -85,6 +85,10 @@ class Agsekit(Product):
     def backup_once(self, source: Path, dest: Path, at: datetime | None = None) -> Outcome:
         return self.run("backup-once", "backup-once", "--source-dir", str(source), "--dest-dir", str(dest), at=at)
 
+    def start_backup_once(self, source: Path, dest: Path):
+        return self.project.spawn_with([self.command, "backup-once", "--source-dir", str(source),
+                                        "--dest-dir", str(dest)], self._env())
+
     def backup_repeated(self, source: Path, dest: Path, interval: float):
         minutes = max(1, round(interval / 60))
         return self.project.spawn_with([self.command, "backup-repeated", "--source-dir", str(source),

@@ -125,6 +125,10 @@ class Product(ABC):
         """One snapshot of ``source`` into ``dest``; ``at`` sets the product's clock (see ``at_time``)."""
         self._unsupported("back up a folder once")
 
+    def start_backup_once(self, source: Path, dest: Path):
+        """``backup_once`` as a running process (a Background), for a step that interrupts it."""
+        self._unsupported("back up a folder once in the background")
+
     def backup_repeated(self, source: Path, dest: Path, interval: float) -> subprocess.Popen:
         self._unsupported("back up a folder repeatedly")
 

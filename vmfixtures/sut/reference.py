@@ -118,6 +118,9 @@ class Vmfixtures(Product):
     def backup_once(self, source: Path, dest: Path, at: datetime | None = None) -> Outcome:
         return self.run("backup-once", "backup-once", str(source), str(dest), at=at)
 
+    def start_backup_once(self, source: Path, dest: Path):
+        return self.project.spawn(self.argv("backup-once", str(source), str(dest)))
+
     def backup_repeated(self, source: Path, dest: Path, interval: float) -> subprocess.Popen:
         return self.project.spawn(self.argv("backup-repeated", str(source), str(dest), "--interval", f"{interval:g}"))
 
