@@ -41,8 +41,23 @@ def wait_idle(client: Client, n: int, timeout: float = 120) -> None:
         time.sleep(0.1)
 
 
-def measure(kind: str, runs: int, tmp: Path, client: Client) -> dict[str, list[float]]:
-    """Pooled lease, restore on demand and cold boot on backend ``kind``."""
+def measure(kind: str, runs: int, root: Path) -> dict[str, list[float]]:
+    """Pooled lease, restore on demand and cold boot on backend ``kind``, with a private daemon
+    of its own (one idle VM at most: the pool holds exactly the VM the next lease takes)."""
+    tmp = root / kind
+    os.environ["VMFIXTURES_STATE_DIR"] = str(tmp / "state")
+    client = Client(tmp / "d.sock")
+    start_daemon(client.socket_path, ["--idle", "1", "--max-idle", "1"])
+    try:
+        return _measure(kind, runs, tmp, client)
+    finally:
+        health = client.alive()
+        client.shutdown()
+        if health:
+            wait_exit(health["pid"], 60)
+
+
+def _measure(kind: str, runs: int, tmp: Path, client: Client) -> dict[str, list[float]]:
     storage = tmp / f"vms-{kind}"
     spec = VMSpec("bench")
     got: dict[str, list[float]] = {"pooled": [], "restored": [], "cold": [], "rss": [], "pss": []}
@@ -92,18 +107,7 @@ def main() -> int:
         if k not in ("qemu", "libvirt"):
             raise SystemExit(f"--backend: {k!r} has no warm pool to measure (qemu, libvirt)")
     tmp = Path(tempfile.mkdtemp(prefix="vmfx-lease-"))
-    os.environ["VMFIXTURES_STATE_DIR"] = str(tmp / "state")
-    client = Client(tmp / "d.sock")
-    start_daemon(client.socket_path, ["--idle", "1", "--max-idle", "1"])
-    results = {}
-    try:
-        for kind in kinds:
-            results[kind] = measure(kind, args.runs, tmp, client)
-    finally:
-        health = client.alive()
-        client.shutdown()
-        if health:
-            wait_exit(health["pid"], 60)
+    results = {kind: measure(kind, args.runs, tmp) for kind in kinds}
 
     mib = 1024 ** 2
     for kind, got in results.items():

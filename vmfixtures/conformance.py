@@ -70,7 +70,7 @@ def load(path: Path) -> dict:
 
 def table(records: list[dict]) -> tuple[list[str], dict[str, dict[str, Cell]]]:
     """(run names, capability -> run -> cell)."""
-    runs = [r["run"] for r in records]
+    runs = list(dict.fromkeys(r["run"] for r in records))  # a run may come in several records (P0, then P1)
     cells: dict[str, dict[str, Cell]] = defaultdict(lambda: defaultdict(Cell))
     for record in records:
         for s in record["scenarios"]:
