@@ -203,7 +203,7 @@ class LibvirtBackend(QemuBackend):
   <on_poweroff>destroy</on_poweroff><on_reboot>destroy</on_reboot><on_crash>destroy</on_crash>
   <devices>
     <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>
-      <source file={a(str(vm_dir / 'disk.qcow2'))}/><target dev='vda' bus='virtio'/></disk>
+      <source file={a(str(run / 'disk.qcow2'))}/><target dev='vda' bus='virtio'/></disk>
     <interface type='user'><model type='virtio'/></interface>
     <serial type='unix'><source mode='bind' path={a(str(run / 'console.sock'))}/>
       <log file={a(str(vm_dir / 'console.log'))} append='on'/><target port='0'/></serial>
@@ -235,6 +235,7 @@ class LibvirtBackend(QemuBackend):
         vm_dir = self.vm_dir(name)
         clear_run_dir(vm_dir)
         run = make_run_dir(vm_dir)
+        _link_disk(run, vm_dir)
         accel = self.accel()
         spec = VMSpec.from_dict(meta["spec"])
         progress = Progress(f"vm {name}", self.quiet)
@@ -271,6 +272,13 @@ class LibvirtBackend(QemuBackend):
         except BaseException as exc:
             raise boot.abandon(exc, f"VM '{name}' failed to boot") from None
         return machine
+
+    def claim(self, name: str, spec: VMSpec, owner_pid: int | None) -> None:
+        """After the pool's hand-off moved the VM's folder: point the disk link at its new place."""
+        super().claim(name, spec, owner_pid)
+        run = self.vm_dir(name) / "run"
+        if run.is_symlink():
+            _link_disk(Path(os.readlink(run)), self.vm_dir(name))
 
     def _load_memory(self, name: str, mem: Path) -> None:
         """libvirt restored the memory when it started the domain (launch); what is left is to wait
@@ -534,6 +542,18 @@ def destroy_domain(domain: str) -> bool:
         return False
     _drop_log({"domain": domain, "uri": uri()})
     return True
+
+
+def _link_disk(run: Path, vm_dir: Path) -> None:
+    """The domain names its disk by ``<run>/disk.qcow2``, a link to the VM folder's disk.
+
+    QEMU reopens its image by name when it drops write access (as a save does): a pooled VM's
+    folder is renamed when it is handed over, so the name must outlive the rename. The socket
+    folder does not move; the link is re-pointed instead (``claim``)."""
+    link, tmp = run / "disk.qcow2", run / ".disk.qcow2.new"
+    tmp.unlink(missing_ok=True)
+    os.symlink(Path(vm_dir).resolve() / "disk.qcow2", tmp)
+    os.replace(tmp, link)
 
 
 def _qemu_pid(domain: str) -> ProcessId:
