@@ -24,7 +24,8 @@ def test_cells_say_passed_failed_or_skipped_with_the_reason():
                record("multipass", [scenario("mounts", "skipped", reason="Multipass is not installed")],
                       backend="multipass")]
     table = conformance.markdown(sorted(records, key=conformance.run_order))
-    assert "| mounts | passed 2 | failed 1 of 2 | skipped: Multipass is not installed |" in table
+    assert "| mounts | passed 2 | failed 1 of 2 | skipped [1] |" in table
+    assert "[1] Multipass is not installed" in table
     assert table.splitlines()[0] == "| Capability | qemu | libvirt | multipass |"
     failures = conformance.as_json(records)["capabilities"]["mounts"]["libvirt"]["failures"]
     assert failures == ["mounts feature: s: boom"]

@@ -87,11 +87,25 @@ def table(records: list[dict]) -> tuple[list[str], dict[str, dict[str, Cell]]]:
 
 
 def markdown(records: list[dict]) -> str:
+    """The table, skip reasons numbered below it so that the cells stay short."""
     runs, cells = table(records)
+    reasons: dict[str, int] = {}
+
+    def cell(c: Cell | None) -> str:
+        if c is None:
+            return "not run"
+        text = c.text()
+        if text.startswith("skipped: "):
+            number = reasons.setdefault(text.removeprefix("skipped: "), len(reasons) + 1)
+            return f"skipped [{number}]"
+        return text
+
     lines = ["| Capability | " + " | ".join(runs) + " |", "| --- | " + " | ".join("---" for _ in runs) + " |"]
     for cap in sorted(cells):
-        lines.append(f"| {cap} | " + " | ".join(cells[cap][r].text() if r in cells[cap] else "not run"
-                                                 for r in runs) + " |")
+        lines.append(f"| {cap} | " + " | ".join(cell(cells[cap].get(r)) for r in runs) + " |")
+    if reasons:
+        lines.append("")
+        lines += [f"[{n}] {reason}" + ("  " if n < len(reasons) else "") for reason, n in reasons.items()]
     return "\n".join(lines)
 
 
