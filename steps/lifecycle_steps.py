@@ -5,7 +5,7 @@ import time
 from behave import given, then, when
 
 from vmfixtures.backends import VMState
-from vmfixtures.backends.qemu import our_qemu_processes, run_dirs_of
+from vmfixtures.backends.qemu import run_dirs_of
 from vmfixtures.procs import process_alive
 from vmfixtures.spec import load_config
 from vmfixtures.sut.base import BAD_CONFIG, CORRUPT, EXISTS, MISMATCH, UNKNOWN_VM
@@ -137,7 +137,7 @@ def step_no_process(context, name):
     pid = context.pids.get(name)
     assert pid and not process_alive(pid), f"expected VM process pid {pid} of '{name}' gone, it still runs"
     # by the process table: a VM process working in the VM's folder or holding a file of it open
-    ours = [p.pid for p in our_qemu_processes(context.driver.vm_dir(name))]
+    ours = [p.pid for p in context.host.vm_processes(context.driver.vm_dir(name))]
     assert not ours, f"expected no VM process for '{name}', found pids {ours}"
 
 

@@ -57,7 +57,7 @@ from ..procs import ProcessId, kill, wait_exit
 from ..progress import Progress
 from ..spec import VMSpec
 from .base import MEMORY_SNAPSHOTS
-from .qemu import PREFIX, Boot, QemuBackend, _write_json, clear_run_dir, make_run_dir
+from .qemu import PREFIX, Boot, QemuBackend, _forwarded_port, _write_json, clear_run_dir, make_run_dir
 
 DEFAULT_URI = "qemu:///system"
 METADATA_NS = "https://vmfixtures.invalid/domain/1"
@@ -305,8 +305,6 @@ class LibvirtBackend(QemuBackend):
         """Add a forward of a free 127.0.0.1 port to the guest's sshd (libvirt offers none for
         user-mode networking) and return the port QEMU chose."""
         self._hmp(name, "hostfwd_add tcp:127.0.0.1:0-:22")
-        from .qemu import _forwarded_port
-
         return _forwarded_port(self._hmp(name, "info usernet"))
 
     def _hmp(self, name: str, command: str) -> str:

@@ -69,9 +69,6 @@ class Host:
         sa, sb = os.stat(a), os.stat(b)
         return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
-    @staticmethod
-    def owner(path: Path) -> int:
-        return os.lstat(path).st_uid
 
     @staticmethod
     def mode(path: Path) -> int:
@@ -101,19 +98,6 @@ class Host:
             if qemu else None
 
     # -- processes ---------------------------------------------------------
-    @staticmethod
-    def process(pid: int, started: float | None = None) -> psutil.Process | None:
-        """The process ``pid`` if it runs (and started at ``started``, when given); zombies count as gone."""
-        try:
-            proc = psutil.Process(pid)
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                return None
-            if started is not None and abs(proc.create_time() - started) > 0.01:
-                return None
-            return proc
-        except psutil.Error:
-            return None
-
     @staticmethod
     def listeners(port: int) -> list[tuple[str, int | None]]:
         """(address, pid) of every TCP socket listening on ``port``."""
@@ -169,17 +153,18 @@ class Host:
     def ledger_disagreements(cls, rows: list[dict]) -> list[str]:
         """What the process table and the disks say against the ledger rows."""
         found = []
+        held = set()  # pids of the VM processes the rows account for
         for row in rows:
             folder = Path(row["storage"]) / row["name"]
             running = cls.vm_processes(folder)
+            held |= {p.pid for p in running}
             if row["state"] in ("leased", "pooled") and not running:
                 found.append(f"{folder}: ledger says {row['state']}, no VM process holds it")
             if row["state"] in ("leased", "pooled") and not (folder / "disk.qcow2").exists():
                 found.append(f"{folder}: ledger says {row['state']}, its disk is missing")
         for storage in {r["storage"] for r in rows}:
-            known = {Path(r["storage"]) / r["name"] for r in rows if r["storage"] == storage}
             for proc in cls.vm_processes(Path(storage)):
-                if not any(cls.vm_processes(k) and proc.pid in {p.pid for p in cls.vm_processes(k)} for k in known):
+                if proc.pid not in held:
                     found.append(f"pid {proc.pid} runs a VM under {storage} that no ledger row holds")
         return found
 
@@ -202,6 +187,3 @@ class Host:
         total_kib = int(re.search(r"MemTotal:\s+(\d+) kB", meminfo).group(1))
         return {"cpus": cpus, "memory_kib": total_kib}
 
-    @staticmethod
-    def boot_id(machine) -> str:
-        return machine.read_file("/proc/sys/kernel/random/boot_id").decode().strip()
