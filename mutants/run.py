@@ -126,7 +126,7 @@ MUTANTS = [
            _sel("backups.feature", "tail keeps the newest snapshots")),
     Mutant("sigterm-kills-backup-loop",
            "repeated backups handle SIGINT only: SIGTERM kills them mid-backup (exit -15, a partial may stay)",
-           "vmfixtures/cli.py",
+           "vmfixtures/cli/backups.py",
            "    stop = threading.Event()\n    for sig in (signal.SIGINT, signal.SIGTERM):",
            "    stop = threading.Event()\n    for sig in (signal.SIGINT,):",
            _sel("backups.feature", "stop cleanly on SIGTERM")),
@@ -148,7 +148,7 @@ MUTANTS = [
            _sel("forwarding.feature", "A web app running in the VM is opened from the host")),
     Mutant("addmount-saves-before-mounting",
            "addmount writes the entry into the config before mounting, so a failed mount leaves it there",
-           "vmfixtures/cli.py",
+           "vmfixtures/cli/mounts.py",
            "    mounts.mount(new.source, new.target)\n    try:\n        save_config(config, data)\n"
            "    except BaseException:\n        mounts.umount(new.target)  # the file could not be written: undo the "
            "mount too\n        raise\n",
