@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from .. import errors
-from . import agents, backups, daemon, disk_backups, forwarding, guest, images, mounts, project, vms
+from . import agents, backups, daemon, disk_backups, forwarding, guest, images, mounts, project, report, vms
 
 EXIT_CODES = """exit codes:
   0  success                      5  a host tool is missing
@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     backups.register(sub)
     daemon.register(sub)
     project.register(sub)
+    report.register(sub)
     return p
 
 
