@@ -81,7 +81,7 @@ def probe(name: str, accel_name: str | None = None, backend=None) -> Capability:
             return Capability(False, f"no backend to offer {name}")
         if backend.supports(name):
             return Capability(True)
-        return Capability(False, f"the {backend.name} backend does not offer {name}")
+        return Capability(False, backend.why_not(name))
     if name not in PROBES:
         known = ", ".join(sorted([*PROBES, "kvm", "daemon", *CAPABILITIES]))
         raise ConfigError(f"@requires.{name}: unknown capability (known: {known})")

@@ -100,6 +100,10 @@ class Client:
     def create(self, storage: Path, spec: dict, lease: str | None = None, backend: str | None = None) -> dict:
         return self.vm("create", storage, spec=spec, lease=lease, backend=backend)
 
+    def disk(self, action: str, storage: Path, **fields) -> dict | list:
+        """A data disk action (create, attach, detach, remove, list) in ``storage``."""
+        return self.request("POST", f"/v1/disks/{action}", {"storage": str(storage), **fields})
+
     def gc(self) -> list[str]:
         return self.request("POST", "/v1/gc")["reclaimed"]
 

@@ -53,3 +53,9 @@ class Unsupported(VmfError):
     """The VM's backend (or the product) cannot do what was asked; nothing was changed."""
 
     exit_code = 10
+
+
+class InUse(VmfError):
+    """The object is in use (a disk attached to a VM); nothing was changed."""
+
+    exit_code = 11

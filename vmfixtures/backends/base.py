@@ -66,6 +66,34 @@ DIRTY_BITMAPS = "dirty-bitmap-backups"    # incremental disk backups from QMP di
 DISK_HOTPLUG = "disk-hotplug"             # attach and detach data disks while the VM runs
 CAPABILITIES = (MEMORY_SNAPSHOTS, DIRTY_BITMAPS, DISK_HOTPLUG)
 
+# Data disks sit in PCI slots of their own, the same one at every boot and in every
+# snapshot (a restored memory image expects its devices where they were).
+FIRST_DATA_SLOT, LAST_DATA_SLOT = 0x10, 0x1F
+
+
+@dataclass(frozen=True)
+class DataDisk:
+    """A data disk as part of a VM's hardware: its file and the PCI slot it sits in.
+
+    ``state`` is ``attached``, or ``attaching``/``detaching`` while a hot-plug is under way."""
+
+    name: str
+    file: Path
+    slot: int
+    state: str = "attached"
+
+    @property
+    def device_id(self) -> str:
+        """QEMU's device id and block node name (short: node names are limited to 31 bytes)."""
+        return f"vmfx-data{self.slot}"
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "file": str(self.file), "slot": self.slot, "state": self.state}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DataDisk":
+        return cls(d["name"], Path(d["file"]), int(d["slot"]), d.get("state", "attached"))
+
 
 class Backend(ABC):
     """What every backend does, in the spirit of NixOS's ``BaseMachine``: a few operations
@@ -116,11 +144,44 @@ class Backend(ABC):
         self.stop(name)
         return self.start(name)
 
+    # -- data disks (capability DISK_HOTPLUG) ------------------------------------
+    def data_disks(self, name: str) -> list[DataDisk]:
+        """The data disks VM ``name``'s record lists (it boots with them)."""
+        self.require(DISK_HOTPLUG, "data disks")
+        return []
+
+    def record_data_disks(self, name: str, disks: list[DataDisk]) -> None:
+        """Replace the data disks VM ``name``'s record lists."""
+        self.require(DISK_HOTPLUG, "data disks")
+
+    def attach_disk(self, name: str, disk: DataDisk) -> None:
+        """Hot-plug ``disk`` into running VM ``name``; on failure nothing of it is left in the VM."""
+        self.require(DISK_HOTPLUG, "attaching a disk")
+
+    def detach_disk(self, name: str, disk: DataDisk) -> None:
+        """Hot-unplug ``disk`` from running VM ``name`` and wait until the guest has let it go."""
+        self.require(DISK_HOTPLUG, "detaching a disk")
+
+    def block_devices(self, name: str) -> dict[str, str]:
+        """Device id -> file of every data disk the running hypervisor has (the system disk left out),
+        asked of the hypervisor itself, not of any record."""
+        self.require(DISK_HOTPLUG, "listing block devices")
+        return {}
+
     def supports(self, capability: str) -> bool:
         return capability in self.capabilities
+
+    #: why this backend lacks an optional capability, where there is more to say than that it does
+    lacking: ClassVar[dict[str, str]] = {}
+
+    def why_not(self, capability: str) -> str:
+        """The reason this backend does not offer ``capability``."""
+        why = f"the {self.name} backend does not offer {capability}"
+        return f"{why}: {self.lacking[capability]}" if capability in self.lacking else why
 
     def require(self, capability: str, what: str) -> None:
         """Raise Unsupported naming the backend when it lacks ``capability``."""
         if capability not in self.capabilities:
-            raise Unsupported(f"{what} needs {capability}, which the {self.name} backend does not offer "
+            reason = f" ({self.lacking[capability]})" if capability in self.lacking else ""
+            raise Unsupported(f"{what} needs {capability}, which the {self.name} backend does not offer{reason} "
                               f"(it offers: {', '.join(sorted(self.capabilities)) or 'none of the optional ones'})")

@@ -56,7 +56,7 @@ from ..mounts import kill_helpers
 from ..procs import ProcessId, kill, wait_exit
 from ..progress import Progress
 from ..spec import VMSpec
-from .base import MEMORY_SNAPSHOTS
+from .base import DISK_HOTPLUG, MEMORY_SNAPSHOTS, DataDisk
 from .qemu import PREFIX, Boot, QemuBackend, _forwarded_port, _write_json, clear_run_dir, make_run_dir
 
 DEFAULT_URI = "qemu:///system"
@@ -68,6 +68,7 @@ _lock = threading.Lock()
 _conns: dict[tuple[int, str], object] = {}
 _stopped: dict[str, threading.Event] = {}
 _agent_up: dict[str, threading.Event] = {}
+_removed: dict[tuple[str, str], threading.Event] = {}  # (domain, device alias) -> set when libvirt removed it
 
 
 def uri() -> str:
@@ -105,6 +106,7 @@ def connection():
                                     "start it with `virtlogd -d; libvirtd -d`, or `systemctl start libvirtd`)") from None
         conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, _on_lifecycle, None)
         conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_AGENT_LIFECYCLE, _on_agent, None)
+        conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, _on_device_removed, None)
         _conns[key] = conn
         return conn
 
@@ -129,6 +131,13 @@ def _on_agent(conn, dom, state, reason, opaque) -> None:
             waiter = _agent_up.get(dom.name())
         if waiter:
             waiter.set()
+
+
+def _on_device_removed(conn, dom, alias, opaque) -> None:
+    with _lock:
+        waiter = _removed.get((dom.name(), alias))
+    if waiter:
+        waiter.set()
 
 
 def _why(exc) -> str:
@@ -157,7 +166,7 @@ class LibvirtBackend(QemuBackend):
 
     name = "libvirt"
     MEMORY_FILE = "mem.save"  # a libvirt save file: header, domain XML, QEMU's migration stream
-    capabilities = frozenset({MEMORY_SNAPSHOTS})
+    capabilities = frozenset({MEMORY_SNAPSHOTS, DISK_HOTPLUG})
 
     # -- the domain ------------------------------------------------------
     def domain_name(self, name: str) -> str:
@@ -209,7 +218,7 @@ class LibvirtBackend(QemuBackend):
       <log file={a(str(vm_dir / 'console.log'))} append='on'/><target port='0'/></serial>
     <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>
     <rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>
-    <memballoon model='none'/>
+    <memballoon model='none'/>{''.join(_disk_xml(d) for d in self.data_disks(name))}
   </devices>
 </domain>"""
 
@@ -224,6 +233,7 @@ class LibvirtBackend(QemuBackend):
         if not img.disk.exists():
             raise NotFound(f"VM '{name}' was created from image {meta['image']}, which is no longer cached "
                            f"({img.dir}); destroy and re-create the VM")
+        self._check_data_disks(name)
         conn = connection()
         domain = meta["domain"]
         try:
@@ -335,6 +345,61 @@ class LibvirtBackend(QemuBackend):
     def running_accel(self, name: str) -> str:
         return "kvm" if self.qmp(name, "query-kvm")["enabled"] else "tcg"
 
+    # -- data disks ----------------------------------------------------------
+    def attach_disk(self, name: str, disk: DataDisk) -> None:
+        """libvirt's attach device (live): the disk in its fixed PCI slot, as the domain XML boots it."""
+        dom = self._domain(name)
+        if dom is None:
+            raise GuestError(f"VM '{name}' is not running")
+        try:
+            dom.attachDeviceFlags(_disk_xml(disk), _libvirt().VIR_DOMAIN_AFFECT_LIVE)
+        except _libvirt().libvirtError as exc:  # libvirt undoes its own half-done hot-plug
+            raise GuestError(f"VM '{name}': libvirt refused to attach disk '{disk.name}': {_why(exc)}") from None
+
+    def detach_disk(self, name: str, disk: DataDisk) -> None:
+        """libvirt's detach device (live), then its device-removed event: the guest ejected the disk
+        and libvirt deleted QEMU's device and node. A device already gone is fine."""
+        dom = self._domain(name)
+        if dom is None:
+            raise GuestError(f"VM '{name}' is not running")
+        alias = _alias(disk)
+        if alias not in self._live_aliases(dom):
+            return
+        key = (dom.name(), alias)
+        with _lock:
+            removed = _removed.setdefault(key, threading.Event())
+        try:
+            try:
+                dom.detachDeviceAlias(alias, _libvirt().VIR_DOMAIN_AFFECT_LIVE)
+            except _libvirt().libvirtError as exc:
+                raise GuestError(f"VM '{name}': libvirt refused to detach disk '{disk.name}': {_why(exc)}") from None
+            timeout = self.accel().scale(30)
+            if not removed.wait(timeout) and alias in self._live_aliases(dom):
+                raise Timeout(f"VM '{name}' did not release disk '{disk.name}' within {timeout:.0f}s "
+                              "(the guest must eject it)")
+        finally:
+            with _lock:
+                _removed.pop(key, None)
+
+    @staticmethod
+    def _live_aliases(dom) -> set[str]:
+        root = ET.fromstring(dom.XMLDesc(0))
+        return {a.get("name") for a in root.findall("./devices/disk/alias")}
+
+    def block_devices(self, name: str) -> dict[str, str]:
+        """The live domain XML's disks but the system disk (target vda): alias -> source file."""
+        dom = self._domain(name)
+        if dom is None:
+            return {}
+        found = {}
+        for d in ET.fromstring(dom.XMLDesc(0)).findall("./devices/disk"):
+            target, source, alias = d.find("target"), d.find("source"), d.find("alias")
+            if target is not None and target.get("dev") == "vda":
+                continue
+            key = alias.get("name") if alias is not None else (target.get("dev") if target is not None else "?")
+            found[key] = source.get("file", "") if source is not None else ""
+        return found
+
     def hypervisor_state(self, name: str) -> str | None:
         """What libvirt says the domain is doing ('running', 'paused', ...), None when it has no domain."""
         dom = self._domain(name)
@@ -433,7 +498,8 @@ class LibvirtBackend(QemuBackend):
             subprocess.run(["cp", "--sparse=always", str(self.vm_dir(name) / "disk.qcow2"),
                             str(partial / "disk.qcow2")], check=True, capture_output=True)
             _write_json(partial / "snapshot.json", {"tag": tag, "vm": name, "created_at": time.time(),
-                                                    "spec": self._meta(name)["spec"]})
+                                                    "spec": self._meta(name)["spec"],
+                                                    "disks": self._meta(name).get("disks", [])})
             os.rename(partial, dest)
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
@@ -540,6 +606,19 @@ def destroy_domain(domain: str) -> bool:
         return False
     _drop_log({"domain": domain, "uri": uri()})
     return True
+
+
+def _alias(disk: DataDisk) -> str:
+    return f"ua-{disk.device_id}"  # libvirt keeps user aliases only with the "ua-" prefix
+
+
+def _disk_xml(disk: DataDisk) -> str:
+    """A data disk's <disk> element: virtio, in its own PCI slot, named by an alias we choose."""
+    dev = "vd" + "bcdefghijklmnopq"[disk.slot - 0x10]
+    return (f"\n    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
+            f"<source file={quoteattr(str(disk.file))}/><target dev='{dev}' bus='virtio'/>"
+            f"<alias name='{_alias(disk)}'/>"
+            f"<address type='pci' domain='0x0000' bus='0x00' slot='{disk.slot:#04x}' function='0x0'/></disk>")
 
 
 def _link_disk(run: Path, vm_dir: Path) -> None:

@@ -34,7 +34,7 @@ from ..errors import (
 )
 from ..guest.result import ExecResult
 from ..spec import VMSpec
-from .base import Backend, CreateResult, DestroyProof, StopResult, VMState
+from .base import DISK_HOTPLUG, Backend, CreateResult, DestroyProof, StopResult, VMState
 
 PREFIX = "vmfx-"
 # Multipass's state names (src/client/cli/formatter/format_utils.cpp), lower-cased; the
@@ -161,6 +161,8 @@ class MultipassBackend(Backend):
     no memory snapshots a pool could restore, no dirty bitmaps and no disk hot-plug."""
 
     name = "multipass"
+    lacking = {DISK_HOTPLUG: "Multipass has no command that attaches a disk to an instance, running or not "
+                             "(`launch --disk` only sizes the system disk)"}
 
     def __init__(self, storage: Path | None = None, quiet: bool = False, runner: Runner | None = None,
                  binary: str = "multipass"):

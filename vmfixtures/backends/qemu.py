@@ -67,6 +67,7 @@ from .base import (
     MEMORY_SNAPSHOTS,
     Backend,
     CreateResult,
+    DataDisk,
     DestroyProof,
     StopResult,
     VMState,
@@ -298,6 +299,7 @@ class QemuBackend(Backend):
         if not img.disk.exists():
             raise NotFound(f"VM '{name}' was created from image {meta['image']}, which is no longer cached "
                            f"({img.dir}); destroy and re-create the VM")
+        self._check_data_disks(name)
         vm_dir = self.vm_dir(name)
         clear_run_dir(vm_dir)  # sockets of a VM that died uncleanly
         run = make_run_dir(vm_dir)
@@ -363,9 +365,74 @@ class QemuBackend(Backend):
                "-serial", "chardev:con0",
                "-chardev", f"socket,id=qmp0,fd={fd['qmp']},server=on,wait=off",
                "-mon", "chardev=qmp0,mode=control"]
+        for disk in self.data_disks(name):
+            cmd += ["-blockdev", f"driver=qcow2,node-name={disk.device_id},file.driver=file,"
+                                 f"file.filename={_qemu_opt(str(disk.file))}",
+                    "-device", f"virtio-blk-pci,drive={disk.device_id},id={disk.device_id},addr={disk.slot:#x}"]
         if accel.name == "kvm":
             cmd += ["-cpu", "host"]
         return cmd
+
+    # -- data disks ----------------------------------------------------------
+    def data_disks(self, name: str) -> list[DataDisk]:
+        return [DataDisk.from_dict(d) for d in self._meta(name).get("disks", [])]
+
+    def record_data_disks(self, name: str, disks: list[DataDisk]) -> None:
+        meta = self._meta(name)
+        meta["disks"] = [d.to_dict() for d in disks]
+        _write_json(self.vm_dir(name) / "vm.json", meta)
+
+    def _check_data_disks(self, name: str) -> None:
+        """A VM whose data disk file is gone would not boot: say which, and what to do."""
+        for disk in self.data_disks(name):
+            if not disk.file.is_file():
+                raise NotFound(f"VM '{name}' has the data disk '{disk.name}' attached, whose file {disk.file} "
+                               f"is gone; detach it (`vmfixtures disk detach {disk.name}`) to start the VM")
+
+    def attach_disk(self, name: str, disk: DataDisk) -> None:
+        """QMP ``blockdev-add`` then ``device_add`` (virtio-blk-pci in the disk's slot); a failed
+        ``device_add`` deletes the node again, so nothing half-attached is left."""
+        with self._qmp(name) as qmp:
+            _qmp_do(qmp, name, f"attach disk '{disk.name}'", "blockdev-add",
+                    **{"node-name": disk.device_id, "driver": "qcow2",
+                       "file": {"driver": "file", "filename": str(disk.file)}})
+            try:
+                _qmp_do(qmp, name, f"attach disk '{disk.name}'", "device_add", driver="virtio-blk-pci",
+                        drive=disk.device_id, id=disk.device_id, addr=f"{disk.slot:#x}")
+            except BaseException:
+                qmp.cmd("blockdev-del", **{"node-name": disk.device_id})
+                raise
+
+    def detach_disk(self, name: str, disk: DataDisk) -> None:
+        """QMP ``device_del``, wait for QEMU's DEVICE_DELETED (the guest ejected the device), then
+        ``blockdev-del``. A device already gone (an earlier detach timed out, then the guest let go)
+        only has its node deleted."""
+        with self._qmp(name) as qmp:
+            try:
+                qmp.cmd("device_del", id=disk.device_id)
+            except QMPError as exc:
+                if "not found" not in str(exc).lower():
+                    raise GuestError(f"VM '{name}': QEMU refused to detach disk '{disk.name}': {exc}") from None
+            else:
+                what = f"VM '{name}' releasing disk '{disk.name}' (the guest must eject it)"
+                for event in qmp_events(qmp, self.accel().scale(30), what):
+                    if event.get("event") == "DEVICE_DELETED" and event["data"].get("device") == disk.device_id:
+                        break
+            nodes = {n.get("node-name") for n in qmp.cmd("query-named-block-nodes")}
+            if disk.device_id in nodes:
+                _qmp_do(qmp, name, f"detach disk '{disk.name}'", "blockdev-del", **{"node-name": disk.device_id})
+
+    def block_devices(self, name: str) -> dict[str, str]:
+        """QMP ``query-block``: every guest-visible block device but the system disk, with its file."""
+        with self._qmp(name) as qmp:
+            found = {}
+            for dev in qmp.cmd("query-block"):
+                qdev = dev.get("qdev") or ""
+                dev_id = qdev.split("/")[3] if qdev.startswith("/machine/peripheral/") else qdev or dev.get("device")
+                if dev_id == "vda" or not dev.get("inserted"):
+                    continue
+                found[dev_id] = dev["inserted"].get("file", "")
+            return found
 
     @contextmanager
     def _qmp(self, name: str):
@@ -542,7 +609,8 @@ class QemuBackend(Backend):
                 finally:
                     qmp.cmd("cont")  # resume whatever happened: a failed snapshot must not leave it paused
             _write_json(partial / "snapshot.json", {"tag": tag, "vm": name, "created_at": time.time(),
-                                                    "spec": self._meta(name)["spec"]})
+                                                    "spec": self._meta(name)["spec"],
+                                                    "disks": self._meta(name).get("disks", [])})
             os.rename(partial, dest)
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
@@ -560,6 +628,13 @@ class QemuBackend(Backend):
         if not (snap / "snapshot.json").is_file():
             known = ", ".join(self.vm_snapshots(name)) or "none"
             raise NotFound(f"VM '{name}' has no snapshot '{tag}' (snapshots: {known})")
+        # The memory image expects the data disks it was saved with, in the same slots.
+        then = {(d["name"], d["slot"]) for d in json.loads((snap / "snapshot.json").read_text()).get("disks", [])}
+        now = {(d.name, d.slot) for d in self.data_disks(name)}
+        if then != now:
+            raise Mismatch(f"VM '{name}' had the data disks {sorted(n for n, _ in then) or 'none'} attached when "
+                           f"snapshot '{tag}' was saved and has {sorted(n for n, _ in now) or 'none'} now; "
+                           "attach or detach disks to match, then restore")
         proc = self.process(name)
         self.release(name)
         kill_helpers(self.vm_dir(name))
@@ -838,6 +913,19 @@ def _forwarded_port(usernet: str) -> int:
         if "HOST_FORWARD" in line:
             return int(line.split()[3])
     raise GuestError(f"no SSH port forward found in QEMU's 'info usernet':\n{usernet}")
+
+
+def _qemu_opt(value: str) -> str:
+    """A value inside a QEMU option string: commas are doubled."""
+    return value.replace(",", ",,")
+
+
+def _qmp_do(qmp: QEMUMonitorProtocol, name: str, what: str, command: str, **arguments):
+    """One QMP command whose refusal is a GuestError naming the VM and what was being done."""
+    try:
+        return qmp.cmd(command, **arguments)
+    except QMPError as exc:
+        raise GuestError(f"VM '{name}': QEMU refused to {what} ({command}): {exc}") from None
 
 
 def _write_json(path: Path, data: dict) -> None:

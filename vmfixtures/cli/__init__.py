@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from .. import errors
-from . import agents, backups, daemon, disk_backups, forwarding, guest, images, mounts, project, report, vms
+from . import agents, backups, daemon, disk_backups, disks, forwarding, guest, images, mounts, project, report, vms
 
 EXIT_CODES = """exit codes:
   0  success                      5  a host tool is missing
@@ -21,6 +21,7 @@ EXIT_CODES = """exit codes:
   3  no such VM or image          8  the guest or QEMU refused a request
   4  VM exists with another spec  9  a tunnel could not be brought up
                                   10 the backend cannot do this
+                                  11 in use (a disk attached to a VM)
                                   130 interrupted
 """
 
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     images.register(sub)
     vm, named = vms.register(sub)
     disk_backups.register(vm, named)
+    disks.register(sub)
     guest.register(sub)
     mounts.register(sub)
     forwarding.register(sub)

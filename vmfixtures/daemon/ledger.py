@@ -40,8 +40,10 @@ CREATE TABLE IF NOT EXISTS processes(
   role TEXT NOT NULL, started_at REAL NOT NULL, ended_at REAL,
   PRIMARY KEY (pid, create_time));
 CREATE TABLE IF NOT EXISTS disks(
-  path TEXT PRIMARY KEY, vm_id INTEGER REFERENCES vms(id), kind TEXT NOT NULL,
-  created_at REAL NOT NULL, removed_at REAL);
+  path TEXT PRIMARY KEY, vm_id INTEGER REFERENCES vms(id), -- data disks: the VM attached to, NULL detached
+  kind TEXT NOT NULL,                  -- overlay | snapshot | restored | data
+  created_at REAL NOT NULL, removed_at REAL,
+  name TEXT, size INTEGER, lease_id TEXT); -- data disks: name, bytes, the lease that made it (dies with it)
 CREATE TABLE IF NOT EXISTS mounts(
   id INTEGER PRIMARY KEY AUTOINCREMENT, vm_id INTEGER REFERENCES vms(id),
   host_path TEXT NOT NULL, guest_path TEXT NOT NULL, state TEXT NOT NULL, created_at REAL NOT NULL);
@@ -76,6 +78,10 @@ class Ledger:
                 self._db.execute("ALTER TABLE tunnels ADD COLUMN create_time REAL")
             if "backend" not in {r[1] for r in self._db.execute("PRAGMA table_info(vms)")}:  # before backends
                 self._db.execute("ALTER TABLE vms ADD COLUMN backend TEXT NOT NULL DEFAULT 'qemu'")
+            disk_columns = {r[1] for r in self._db.execute("PRAGMA table_info(disks)")}
+            for column, kind in (("name", "TEXT"), ("size", "INTEGER"), ("lease_id", "TEXT")):  # before data disks
+                if column not in disk_columns:
+                    self._db.execute(f"ALTER TABLE disks ADD COLUMN {column} {kind}")
 
     def _exec(self, sql: str, args: tuple = ()) -> sqlite3.Cursor:
         with self._lock:
@@ -169,7 +175,7 @@ class Ledger:
                    (pid, create_time, vm_id, role, time.time()))
 
     def vm_destroyed(self, vm_id: int) -> None:
-        """The VM is gone: so are its processes, disks and tunnels."""
+        """The VM is gone: so are its processes, disks and tunnels; its data disks are detached."""
         with self._lock:
             self.update_vm(vm_id, state="destroyed")
             self.end_processes(vm_id)
@@ -187,7 +193,35 @@ class Ledger:
                    (path, vm_id, kind, time.time()))
 
     def remove_disks(self, vm_id: int) -> None:
-        self._exec("UPDATE disks SET removed_at=? WHERE vm_id=? AND removed_at IS NULL", (time.time(), vm_id))
+        """The VM's own disks are gone; its data disks outlive it, detached."""
+        with self._lock:
+            self._exec("UPDATE disks SET removed_at=? WHERE vm_id=? AND removed_at IS NULL AND kind != 'data'",
+                       (time.time(), vm_id))
+            self._exec("UPDATE disks SET vm_id=NULL WHERE vm_id=? AND kind='data'", (vm_id,))
+
+    # -- data disks -----------------------------------------------------------------
+    def add_data_disk(self, path: str, name: str, size: int, lease_id: str | None) -> None:
+        with self._lock:
+            self._exec("DELETE FROM disks WHERE path=? AND removed_at IS NOT NULL", (path,))  # a name used before
+            self._exec("INSERT INTO disks(path, vm_id, kind, created_at, name, size, lease_id) "
+                       "VALUES (?,NULL,'data',?,?,?,?)", (path, time.time(), name, size, lease_id))
+
+    def data_disk(self, path: str) -> dict | None:
+        rows = self._rows("SELECT * FROM disks WHERE path=? AND kind='data' AND removed_at IS NULL", (path,))
+        return rows[0] if rows else None
+
+    def data_disks(self, vm_id: int | None = None, lease_id: str | None = None) -> list[dict]:
+        """Live data disk rows (of the VM ``vm_id`` attached to, or made under ``lease_id``)."""
+        sql, args = "SELECT * FROM disks WHERE kind='data' AND removed_at IS NULL", []
+        if vm_id is not None:
+            sql, args = sql + " AND vm_id=?", [*args, vm_id]
+        if lease_id is not None:
+            sql, args = sql + " AND lease_id=?", [*args, lease_id]
+        return self._rows(sql + " ORDER BY name", tuple(args))
+
+    def disk_attached(self, path: str, vm_id: int | None) -> None:
+        """Record data disk ``path`` attached to VM row ``vm_id`` (None: detached)."""
+        self._exec("UPDATE disks SET vm_id=? WHERE path=? AND kind='data' AND removed_at IS NULL", (vm_id, path))
 
     def move_disk(self, old: str, new: str) -> None:
         with self._lock:

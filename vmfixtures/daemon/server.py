@@ -25,7 +25,7 @@ from .service import FixtureService
 
 log = logging.getLogger("vmfixtures.daemon")
 
-STATUS = {errors.ConfigError: 400, errors.NotFound: 404, errors.Mismatch: 409, errors.PermissionDenied: 403,
+STATUS = {errors.ConfigError: 400, errors.NotFound: 404, errors.Mismatch: 409, errors.InUse: 409, errors.PermissionDenied: 403,
           errors.MissingDependency: 503, errors.Timeout: 504, errors.GuestError: 502}
 
 
@@ -94,6 +94,7 @@ class Daemon:
         r.add_get("/v1/tunnels", self.list_tunnels)
         r.add_post("/v1/tunnels", self.tunnel_up)
         r.add_delete("/v1/tunnels/{id:[0-9]+}", self.tunnel_down)
+        r.add_post("/v1/disks/{action}", self.disk_action)
         return app
 
     @web.middleware
@@ -171,6 +172,26 @@ class Daemon:
         if action == "destroy":
             return web.json_response(await self._run(s.destroy, storage, name))
         raise errors.NotFound(f"unknown VM action '{action}' (create, start, stop, restart, destroy)")
+
+    async def disk_action(self, request):
+        action = request.match_info["action"]
+        b = await _body(request)
+        s = self.service
+        storage = _field(b, "storage", str)
+        if action == "list":
+            return web.json_response(await self._run(s.disk_list, storage))
+        name = _field(b, "name", str)
+        if action == "create":
+            result = await self._run(s.disk_create, storage, name, _field(b, "size", (str, int)),
+                                     _field(b, "lease", str, False))
+            return web.json_response(result, status=201)
+        if action == "attach":
+            return web.json_response(await self._run(s.disk_attach, storage, name, _field(b, "vm", str)))
+        if action == "detach":
+            return web.json_response(await self._run(s.disk_detach, storage, name))
+        if action == "remove":
+            return web.json_response(await self._run(s.disk_remove, storage, name))
+        raise errors.NotFound(f"unknown disk action '{action}' (create, attach, detach, remove, list)")
 
     async def gc(self, request):
         reaped = await self._run(self.service.reap)

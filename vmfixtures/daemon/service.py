@@ -19,7 +19,7 @@ from .. import backends
 from ..backends import Backend, open_backend
 from ..backends.qemu import orphan_qemus, orphan_run_dirs
 from ..procs import live_process
-from ..errors import ConfigError, NotFound
+from ..errors import ConfigError, NotFound, VmfError
 from ..spec import check_name, parse_vm
 from ..observer import Observer
 from .ledger import Ledger
@@ -126,8 +126,78 @@ class FixtureService:
         for row in self.ledger.live_vms(lease_id=lease_id):
             self._destroy_row(row)
             gone.append(row["name"])
+        gone_disks = self._remove_lease_disks(lease_id)
         self.ledger.end_lease(lease_id, reason)
-        self.ledger.event("lease-end", lease_id, {"reason": reason, "destroyed": gone})
+        self.ledger.event("lease-end", lease_id, {"reason": reason, "destroyed": gone, "disks": gone_disks})
+        return gone
+
+    # -- data disks (vmfixtures.disks does the work; the ledger holds a row per disk) -----------
+    def _disks(self, storage: str):
+        from ..disks import Disks
+
+        if not Path(storage).is_absolute():
+            raise ConfigError(f"storage: {storage!r} must be an absolute path")
+        return Disks(Path(storage))
+
+    def disk_create(self, storage: str, name: str, size, lease_id: str | None) -> dict:
+        self._lease_for(lease_id)
+        info = self._disks(storage).create(name, size)
+        self.ledger.add_data_disk(str(info.file), name, info.size, lease_id)
+        self.ledger.event("disk-create", str(info.file), {"size": info.size, "lease": lease_id})
+        return info.to_dict()
+
+    def disk_attach(self, storage: str, name: str, vm: str) -> dict:
+        disks = self._disks(storage)
+        path = str(disks.path(name))
+        if disks.path(name).is_file() and self.ledger.data_disk(path) is None:  # made while no daemon ran
+            self.ledger.add_data_disk(path, name, disks.info(name).size, None)
+        row = self.ledger.find_vm(storage, vm)
+        before = self.ledger.data_disk(path)
+        if row and before:
+            self.ledger.disk_attached(path, row["id"])  # recorded before it is acted on
+        try:
+            disk, how = disks.attach(name, vm)
+        except BaseException:
+            if before:
+                self.ledger.disk_attached(path, before["vm_id"])
+            raise
+        self.ledger.event("disk-attach", path, {"vm": vm, "how": how, "slot": disk.slot})
+        return {"name": name, "vm": vm, "how": how, "slot": disk.slot}
+
+    def disk_detach(self, storage: str, name: str) -> dict:
+        disks = self._disks(storage)
+        vm, hot = disks.detach(name)
+        self.ledger.disk_attached(str(disks.path(name)), None)
+        if vm:
+            self.ledger.event("disk-detach", str(disks.path(name)), {"vm": vm, "hot": hot})
+        return {"name": name, "vm": vm, "hot": hot}
+
+    def disk_remove(self, storage: str, name: str) -> dict:
+        path = self._disks(storage).remove(name)
+        self.ledger.remove_disk_path(str(path))
+        self.ledger.event("disk-remove", str(path))
+        return {"name": name, "file": str(path)}
+
+    def disk_list(self, storage: str) -> list[dict]:
+        return [d.to_dict() for d in self._disks(storage).list()]
+
+    def _remove_lease_disks(self, lease_id: str) -> list[str]:
+        """Data disks made under an ending lease go with it (after its VMs, which detached them)."""
+        from ..disks import Disks
+
+        gone = []
+        for row in self.ledger.data_disks(lease_id=lease_id):
+            disks = Disks(Path(row["path"]).parent.parent)
+            try:
+                disks.detach(row["name"])  # attached to a VM of another lease meanwhile
+                disks.remove(row["name"])
+            except NotFound:
+                pass  # removed behind our back; the row goes all the same
+            except VmfError as exc:
+                self.ledger.event("disk-remove-failed", row["path"], str(exc))
+                continue
+            self.ledger.remove_disk_path(row["path"])
+            gone.append(row["name"])
         return gone
 
     def reap(self) -> list[str]:
