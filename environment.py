@@ -7,8 +7,12 @@
 - Leases follow scope: one per scenario by default; scenarios tagged
   ``@fixture.vm.shared`` share one VM per feature.
 - @requires.<capability> tags skip scenarios with the reason the probe gave.
-- after_scenario: attach each VM's serial console when the scenario failed,
-  end the scenario's lease and prove its VMs are gone.
+- after_scenario: when the scenario failed, attach its evidence (each VM's serial console
+  and logs, the operator's commands, the daemon's log lines and observer passes of the
+  scenario, its lease), end the scenario's lease and prove its VMs are gone.
+- Allure results (with an Allure formatter): environment, categories and executor files;
+  labels from tags; a failed hook or cleanup (a leak) makes the scenario broken
+  (vmfixtures.report.results).
 - SIGTERM becomes KeyboardInterrupt so behave runs after_all; an atexit
   handler cleans up if behave never gets there.
 - VMFIXTURES_DAEMON=off runs embedded: VMs are booted by this process.
@@ -34,6 +38,8 @@ from vmfixtures.client import Heartbeat, ensure_daemon
 from vmfixtures.conformance import Recorder, capability
 from vmfixtures.sut import PRODUCTS, Host, open_product
 from vmfixtures.procs import process_alive, wait_exit
+from vmfixtures import paths
+from vmfixtures.report import evidence, results
 from vmfixtures.scope import RunScope
 from vmfixtures.testkit import Fixtures, Project
 
@@ -98,6 +104,9 @@ def before_all(context):
     context.scope = RunScope(quiet=False, backend=backend)
     run_name = backend if context.product_name == "vmfixtures" else f"{context.product_name}-{backend}"
     context.recorder = Recorder(run_name, {"backend": backend, "product": context.product_name})
+    if results.allure_folders(context.config):
+        context.report = results.register(backend, context.product_name)
+        context.on_cleanup_error = context.report.on_cleanup_error
     for line in context.scope.start():
         _say(f"reaped {line}")
     context.client = None
@@ -135,21 +144,41 @@ def _report_environment(context, driver, accel):
     import subprocess
 
     qemu = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True).stdout.split("\n")[0]
+    image = driver.image()
     facts = {"backend": driver.name, "accelerator": accel.name, "accelerator.reason": accel.reason,
-             "qemu": qemu.strip(), "guest.image": driver.image().key, "product": context.product_name,
-             "host.cores": str(os.cpu_count()), "python": platform.python_version()}
+             "qemu": qemu.strip(), "guest.image": image.key, "product": context.product_name,
+             "product.version": _product_version(context), "host.cores": str(os.cpu_count()),
+             "python": platform.python_version()}
+    facts.update(_image_facts(image))
     if driver.name == "libvirt":
         from vmfixtures.backends.libvirt import connection, uri
 
         version = connection().getLibVersion()
         facts["libvirt"] = f"{version // 1000000}.{version // 1000 % 1000}.{version % 1000} at {uri()}"
     context.recorder.meta.update(facts)
-    for fmt, out in zip(context.config.format or [], context.config.outputs or []):
-        if "allure" in fmt.lower() and getattr(out, "name", None):
-            folder = Path(out.name)
-            folder.mkdir(parents=True, exist_ok=True)
-            lines = [f"{k}={v}".replace("\n", " ") for k, v in facts.items()]
-            (folder / "environment.properties").write_text("\n".join(lines) + "\n")
+    for folder in results.allure_folders(context.config):
+        results.write_metadata(folder, facts)
+
+
+def _product_version(context):
+    project = Project(context.scope.dir / "projects" / "product-version", context.scope)
+    try:
+        return open_product(context.product_name, project, context.product_options).version()
+    except (OSError, VmfError) as exc:
+        return f"unknown ({exc})"
+
+
+def _image_facts(image):
+    """The guest image: its recipe hash (above), kernel, build time, and a hash of what boots (kernel + initrd)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for part in (image.kernel, image.dir / "initrd.img"):
+        if part.is_file():
+            digest.update(part.read_bytes())
+    meta = image.meta
+    return {"guest.image.name": meta.get("name", "?"), "guest.image.kernel": meta.get("kernel", "?"),
+            "guest.image.built": meta.get("built_at", "?"), "guest.image.boot.sha256": digest.hexdigest()[:16]}
 
 
 def _connect_daemon(context):
@@ -192,7 +221,7 @@ def before_scenario(context, scenario):
                 return
     slug = re.sub(r"[^a-z0-9]+", "-", scenario.name.lower()).strip("-")[:60]
     context.project = Project(context.scope.dir / "projects" / slug, context.scope)
-    context.sut = open_product(context.product_name, context.project, context.product_options)
+    context.sut = evidence.OperatorLog(open_product(context.product_name, context.project, context.product_options))
     context.host = Host()
     lacking = context.sut.lacks(capability(scenario.feature.tags))
     if lacking:
@@ -221,6 +250,7 @@ def after_scenario(context, scenario):
         _after_scenario(context, scenario)
     except Exception as exc:
         context.recorder.add(scenario, error=f"{type(exc).__name__}: {exc}")
+        _attach_operator_log(context)  # the hook error itself is attached by vmfixtures.report.results
         raise
     context.recorder.add(scenario)
 
@@ -230,6 +260,7 @@ def _after_scenario(context, scenario):
         return
     if scenario.status == "failed":
         _attach_consoles(context, scenario)
+        _attach_run_evidence(context, scenario)
     shared = context.lease is not None and context.lease == context.feature_lease
     try:
         if context.client is not None and context.client.alive():
@@ -309,6 +340,31 @@ def _attach_consoles(context, scenario):
             if allure:
                 allure.attach(text, name=f"{name} {kind}", attachment_type=allure.attachment_type.TEXT)
             print(f"--- {kind} of {name} (last 40 lines) ---\n" + "\n".join(text.splitlines()[-40:]))
+
+
+def _attach_operator_log(context):
+    sut = getattr(context, "sut", None)
+    if isinstance(sut, evidence.OperatorLog) and sut.outcomes and not getattr(context, "operator_log_attached", False):
+        results.attach("operator commands", sut.transcript())
+        context.operator_log_attached = True
+
+
+def _attach_run_evidence(context, scenario):
+    """The operator's commands, the daemon's log lines and observer passes during the scenario, its lease."""
+    _attach_operator_log(context)
+    if context.client is None:
+        return
+    now = time.time()
+    lines = evidence.log_lines_between(paths.daemon_home() / "daemon.log", context.scenario_started, now)
+    results.attach("fixture daemon log (during the scenario)", "\n".join(lines) or "(nothing logged)")
+    try:
+        if context.client.alive():
+            if context.lease:
+                results.attach("lease", json.dumps(context.client.lease(context.lease), indent=1))
+            results.attach("observer passes (during the scenario)",
+                           evidence.observer_passes(context.client.observer_reports(), context.scenario_started, now))
+    except VmfError as exc:
+        results.attach("fixture daemon", f"could not be asked: {exc}")
 
 
 def _finish(context):

@@ -152,3 +152,41 @@ def test_render_one_html_file_and_keep_history(tmp_path, fixture_results):
     first = (out / "history.jsonl").read_text().count("\n")
     render.render([fixture_results], out)
     assert (out / "history.jsonl").read_text().count("\n") == first + 1, "each render adds a run to the history"
+
+
+def test_operator_log_records_outcomes_and_passes_the_rest_through():
+    from vmfixtures.report.evidence import OperatorLog
+    from vmfixtures.sut.base import Outcome
+
+    class Product:
+        name = "fake"
+
+        def stop_vm(self, vm):
+            return Outcome("stop", "refused", "unknown-vm", exit_code=3, stderr=f"no VM named {vm}",
+                           argv=["fake", "stop", vm])
+
+        def backup_repeated(self):
+            return "a process"
+
+    sut = OperatorLog(Product())
+    assert sut.name == "fake" and sut.backup_repeated() == "a process"
+    assert sut.stop_vm("ghost").refusal == "unknown-vm"
+    assert len(sut.outcomes) == 1
+    text = sut.transcript()
+    assert "$ fake stop ghost" in text and "refused (unknown-vm), exit 3" in text and "no VM named ghost" in text
+
+
+def test_daemon_log_lines_of_the_scenario_only(tmp_path):
+    import time as _time
+
+    from vmfixtures.report.evidence import log_lines_between
+
+    def stamp(t):
+        return _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(t)) + ",000"
+
+    now = _time.time()
+    log = tmp_path / "daemon.log"
+    log.write_text(f"{stamp(now - 100)} INFO before\n{stamp(now)} WARNING observer: orphan\nTraceback line\n"
+                   f"{stamp(now + 100)} INFO after\n")
+    assert log_lines_between(log, now - 5, now + 5) == [f"{stamp(now)} WARNING observer: orphan", "Traceback line"]
+    assert log_lines_between(tmp_path / "missing.log", now, now) == []
