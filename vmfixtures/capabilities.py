@@ -47,6 +47,35 @@ def probe_backend(name: str) -> Capability:
     return {"qemu": probe_qemu, "libvirt": probe_libvirt, "multipass": probe_multipass}[name]()
 
 
+# Debian packages that carry each architecture's system emulator
+EMULATOR_PACKAGES = {"x86_64": "qemu-system-x86", "aarch64": "qemu-system-arm"}
+
+
+def probe_arch(arch: str) -> Capability:
+    """Whether VMs of architecture ``arch`` can run here: the emulator is installed and the image
+    builder has a recipe for that architecture. The reason names each thing that is missing."""
+    from .images.recipe import ARCHS
+
+    missing = []
+    emulator = f"qemu-system-{arch}"
+    if shutil.which(emulator) is None:
+        missing.append(f"{emulator} is not installed (Debian package {EMULATOR_PACKAGES.get(arch, 'unknown')})")
+    if arch not in ARCHS:
+        missing.append(f"there is no {arch} guest image recipe (the image builder makes {', '.join(ARCHS)} images)")
+    if missing:
+        return Capability(False, f"architecture {arch} cannot run here: {'; '.join(missing)}")
+    return Capability(True)
+
+
+def require_arch(spec) -> None:
+    """Raise Unsupported, naming what is missing, when ``spec``'s architecture cannot run here."""
+    from .errors import Unsupported
+
+    cap = probe_arch(spec.arch)
+    if not cap.available:
+        raise Unsupported(f"VM '{spec.name}': {cap.reason}; nothing was created")
+
+
 def probe_claude() -> Capability:
     missing = [v for v in ("ANTHROPIC_API_KEY", "VMFIXTURES_CLAUDE_TARBALL") if not os.environ.get(v)]
     if missing:

@@ -24,8 +24,13 @@ from .sizes import format_size, parse_size
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 TOP_LEVEL = {"vms", "mounts", "agents", "forwards", "backups", "defaults"}
-VM_FIELDS = {"cpus", "memory", "disk", "image"}
+VM_FIELDS = {"cpus", "memory", "disk", "image", "user", "arch"}
 KNOWN_IMAGES = {"debian-12"}
+# Architectures a VM may ask for; whether this host can run one is checked when it is created
+# (capabilities.require_arch), so a config stays valid on a host that cannot run it.
+KNOWN_ARCHS = ("x86_64", "aarch64")
+# A guest account name as useradd(8) accepts it by default.
+USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 MIN_MEMORY = 128 * 1024**2
 MIN_DISK = 2 * 1024**3  # the base image's file system; smaller would truncate it
 
@@ -39,11 +44,13 @@ class VMSpec:
     memory: int = 512 * 1024**2
     disk: int = 2 * 1024**3
     image: str = "debian-12"
+    user: str = "root"      # the guest account commands and copies run as unless told otherwise
+    arch: str = "x86_64"
 
     def resources(self) -> dict[str, Any]:
         """The fields a mismatch is reported on, in human form."""
         return {"cpus": self.cpus, "memory": format_size(self.memory), "disk": format_size(self.disk),
-                "image": self.image}
+                "image": self.image, "user": self.user, "arch": self.arch}
 
     def differences(self, other: "VMSpec") -> list[str]:
         """``field: existing X, requested Y`` for each field that differs."""
@@ -51,11 +58,12 @@ class VMSpec:
         return [f"{k}: existing {mine[k]}, requested {theirs[k]}" for k in mine if mine[k] != theirs[k]]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "cpus": self.cpus, "memory": self.memory, "disk": self.disk, "image": self.image}
+        return {"name": self.name, "cpus": self.cpus, "memory": self.memory, "disk": self.disk, "image": self.image,
+                "user": self.user, "arch": self.arch}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "VMSpec":
-        return cls(**{k: d[k] for k in ("name", "cpus", "memory", "disk", "image") if k in d})
+        return cls(**{k: d[k] for k in ("name", "cpus", "memory", "disk", "image", "user", "arch") if k in d})
 
 
 @dataclass(frozen=True)
@@ -204,7 +212,19 @@ def parse_vm(name: str, body: Any, where: str) -> VMSpec:
     image = body.get("image", "debian-12")
     if image not in KNOWN_IMAGES:
         raise ConfigError(f"{where}.image: unknown image {image!r} (known: {', '.join(sorted(KNOWN_IMAGES))})")
-    return VMSpec(name=name, cpus=cpus, memory=memory, disk=disk, image=image)
+    user = check_user(body.get("user", "root"), f"{where}.user")
+    arch = body.get("arch", "x86_64")
+    if arch not in KNOWN_ARCHS:
+        raise ConfigError(f"{where}.arch: unknown architecture {arch!r} (known: {', '.join(KNOWN_ARCHS)})")
+    return VMSpec(name=name, cpus=cpus, memory=memory, disk=disk, image=image, user=user, arch=arch)
+
+
+def check_user(user: object, where: str = "user") -> str:
+    """A guest account name (syntax only: whether the guest has it is known only to the guest)."""
+    if not isinstance(user, str) or not USER_RE.match(user):
+        raise ConfigError(f"{where}: {user!r} is not a guest user name (lowercase letters, digits, '_' and '-', "
+                          "at most 32, not starting with a digit or '-')")
+    return user
 
 
 def load_config(path: str | Path) -> Config:

@@ -36,6 +36,7 @@ from qemu.qmp import ExecInterruptedError, QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from .. import keys, paths
+from ..capabilities import require_arch
 from ..errors import (
     GuestError,
     Mismatch,
@@ -206,6 +207,7 @@ class QemuBackend(Backend):
     def create(self, spec: VMSpec, start: bool = True, owner_pid: int | None = None) -> CreateResult:
         """Create (and by default start) a VM. Same spec again: "exists". Different: Mismatch."""
         check_name(spec.name)
+        require_arch(spec)
         vm_dir = self.vm_dir(spec.name)
         if (vm_dir / "vm.json").is_file():
             existing = self.spec(spec.name)

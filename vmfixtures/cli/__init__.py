@@ -12,13 +12,14 @@ import sys
 from pathlib import Path
 
 from .. import errors
-from . import agents, backups, daemon, disk_backups, disks, forwarding, guest, images, mounts, project, report, vms
+from . import agents, backups, daemon, disk_backups, disks, files, forwarding, guest, images, mounts, project, report, vms
 
 EXIT_CODES = """exit codes:
   0  success                      5  a host tool is missing
   1  other failure                6  permission denied
   2  bad config or arguments      7  timed out waiting for a guest
-  3  no such VM or image          8  the guest or QEMU refused a request
+  3  no such VM, image, guest     8  the guest or QEMU refused a request
+     user or path
   4  VM exists with another spec  9  a tunnel could not be brought up
                                   10 the backend cannot do this
                                   11 in use (a disk attached to a VM)
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     disk_backups.register(vm, named)
     disks.register(sub)
     guest.register(sub)
+    files.register(sub)
     mounts.register(sub)
     forwarding.register(sub)
     agents.register(sub)

@@ -10,8 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .. import errors
+from ..capabilities import require_arch
+from ..guest import commands
 from ..client import Client
-from ..spec import load_config
+from ..spec import check_user, load_config
 from ..vmlist import describe_vms
 from .common import (add_config, add_json, daemon_client, named_vms, owner_pid, storage_dir, target_vms,
                      vm_backend)
@@ -21,6 +23,8 @@ def cmd_vm_create(args) -> int:
     config = load_config(args.config)
     names = named_vms(args, config)
     specs = [config.vm(n) for n in names]  # every name is checked before anything is created
+    for spec in specs:
+        require_arch(spec)
     client = daemon_client()
     if client:
         return _create_remote(client, storage_dir(args), specs)
@@ -140,10 +144,35 @@ def cmd_vm_list(args) -> int:
     return 0
 
 
+def _exec_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument("--cwd", metavar="DIR", help="absolute guest folder to run in (default: the guest agent's, /)")
+    p.add_argument("--env", metavar="NAME=VALUE", action="append", help="add a variable (repeatable)")
+    p.add_argument("--user", help="guest user to run as (default: the VM's user from its config, else root)")
+
+
+def _split_exec(args) -> None:
+    """Options written after NAME (argparse's REMAINDER keeps them in the command) parsed, and the
+    command after -- kept: `vm exec web --cwd /srv -- make test`."""
+    if not args.command or not args.command[0].startswith("-"):
+        return
+    if "--" not in args.command:
+        raise errors.ConfigError("vm exec: give the command after --: vm exec NAME [OPTIONS] -- COMMAND")
+    cut = args.command.index("--")
+    options, args.command = args.command[:cut], args.command[cut + 1:]
+    p = argparse.ArgumentParser(prog=f"vmfixtures vm exec {args.name}", add_help=False)
+    _exec_options(p)
+    p.parse_args(options, namespace=args)
+
+
 def cmd_vm_exec(args) -> int:
-    if not args.command:
-        raise errors.ConfigError("give the command to run after --")
-    result = vm_backend(args).machine(args.name).execute(args.command, timeout=args.timeout)
+    _split_exec(args)
+    env = commands.parse_env(args.env)
+    commands.command_argv(args.command)  # a missing command is refused before the VM is looked up
+    driver = vm_backend(args)
+    user = check_user(args.user, "--user") if args.user else driver.spec(args.name).user
+    result = commands.run(driver.machine(args.name), args.command, user=user, cwd=commands.check_folder(args.cwd),
+                          env=env, timeout=args.timeout)
     sys.stdout.write(result.stdout)
     sys.stderr.write(result.stderr)
     return result.exit_code
@@ -180,6 +209,10 @@ def register(sub):
     add_json(ls)
     ls.set_defaults(func=cmd_vm_list)
     ex = named("exec", "run a command in the guest through the guest agent", cmd_vm_exec)
-    ex.add_argument("--timeout", type=float, default=60.0)
+    ex.description = ("Run COMMAND in the guest and exit with its exit code, its output and error output "
+                      "passed through (a command the guest cannot find exits 127). A refusal of vmfixtures "
+                      "itself is one 'vmfixtures: error:' line with the exit codes of `vmfixtures --help`: "
+                      "3 for a guest user or working folder the guest does not have.")
+    _exec_options(ex)
     ex.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND...")
     return vm, named

@@ -18,6 +18,7 @@ import psutil
 from .. import backends
 from ..backends import Backend, open_backend
 from ..backends.qemu import orphan_qemus, orphan_run_dirs
+from ..capabilities import require_arch
 from ..procs import live_process
 from ..errors import ConfigError, NotFound, VmfError
 from ..spec import check_name, parse_vm
@@ -232,6 +233,7 @@ class FixtureService:
         body = dict(spec_body)
         name = check_name(body.pop("name"), "spec.name")
         spec = parse_vm(name, body, "spec")
+        require_arch(spec)  # before the pool: its snapshots are of the host's own architecture
         lease = self._lease_for(lease_id)
         owner = lease["owner_pid"] if lease else None
         storage_path = Path(storage)

@@ -74,6 +74,22 @@ class SSH:
             self.close()
             raise GuestError(f"SSH command {command!r}: {exc}") from None
 
+    def sftp(self, work, timeout: float = 600.0):
+        """Run ``await work(sftp_client)`` over the shared connection; its result is returned.
+        Errors of the SFTP protocol reach the caller as asyncssh's ``SFTPError`` subclasses."""
+        self.connect(min(timeout, 60.0))
+
+        async def session():
+            async with self._conn.start_sftp_client() as client:
+                return await work(client)
+        try:
+            return _run(session(), timeout)
+        except asyncssh.SFTPError:
+            raise
+        except (OSError, asyncssh.Error) as exc:
+            self.close()
+            raise GuestError(f"SFTP to {self.user}@{self.host}:{self.port}: {exc}") from None
+
     def run_once(self, command: str, timeout: float = 60.0) -> ExecResult:
         """Run ``command`` on a fresh connection, as `ssh host cmd` would."""
         async def once():

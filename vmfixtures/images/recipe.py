@@ -7,6 +7,9 @@ import json
 from dataclasses import asdict, dataclass
 from importlib import resources
 
+# Guest architectures a recipe exists for (the kernel package and the guest files are amd64's).
+# Outside the Recipe on purpose: a field there would change every image's cache key.
+ARCHS = ("x86_64",)
 GUEST_FILES = ("initramfs-init", "inittab", "vmf-boot", "vmf-shutdown", "acpi-power-button", "sshd_config")
 
 
