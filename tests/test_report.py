@@ -190,3 +190,15 @@ def test_daemon_log_lines_of_the_scenario_only(tmp_path):
                    f"{stamp(now + 100)} INFO after\n")
     assert log_lines_between(log, now - 5, now + 5) == [f"{stamp(now)} WARNING observer: orphan", "Traceback line"]
     assert log_lines_between(tmp_path / "missing.log", now, now) == []
+
+
+@pytest.mark.vm
+def test_a_vm_keeps_a_guest_agent_transcript_for_its_evidence(driver):
+    from vmfixtures.spec import VMSpec
+
+    driver.create(VMSpec("web"))
+    driver.machine("web").execute("echo transcript-check")
+    found = driver.evidence("web")
+    assert "guest agent transcript" in found, f"expected a transcript among the evidence, found {found}"
+    text = found["guest agent transcript"].read_text()
+    assert "guest-exec " in text and '"exited": true' in text, text[-2000:]

@@ -37,6 +37,7 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from .. import keys, paths
 from ..capabilities import require_arch
+from ..guest.agent import TRANSCRIPT
 from ..errors import (
     GuestError,
     Mismatch,
@@ -167,7 +168,8 @@ class QemuBackend(Backend):
 
     def evidence(self, name: str) -> dict[str, Path]:
         folder = self.vm_dir(name)
-        return {kind: folder / f for kind, f in (("serial console", "console.log"), ("QEMU log", "qemu.log"))
+        return {kind: folder / f for kind, f in (("serial console", "console.log"), ("QEMU log", "qemu.log"),
+                                                 ("guest agent transcript", f"run/{TRANSCRIPT}"))
                 if (folder / f).is_file()}
 
     def state(self, name: str) -> VMState:

@@ -27,6 +27,7 @@ from ..errors import GuestError, Timeout
 from .result import ExecResult
 
 CHUNK = 48 * 1024
+TRANSCRIPT = "qga.transcript"  # beside the socket, in the VM's folder: evidence when a scenario fails
 
 
 class GuestAgent:
@@ -111,13 +112,26 @@ class GuestAgent:
         try:
             self._send(msg)
             reply = self._recv(time.monotonic() + timeout)
-        except (OSError, Timeout, GuestError):
+        except (OSError, Timeout, GuestError) as exc:
             self.close()  # the stream may be out of step now; resync on next call
+            self._note(command, arguments, f"{type(exc).__name__}: {exc}")
             raise
+        done = reply.get("return")
+        if command != "guest-exec-status" or "error" in reply or (isinstance(done, dict) and done.get("exited")):
+            self._note(command, arguments, json.dumps(reply))  # an exec's unfinished status polls are left out
         if "error" in reply:
             err = reply["error"]
             raise GuestError(f"guest agent {command}: {err.get('desc', err)}")
         return reply.get("return")
+
+    def _note(self, command: str, arguments: dict, answer: str) -> None:
+        """One line of the transcript (shortened), appended by whichever process asked."""
+        line = f"{time.strftime('%H:%M:%S')} {command} {json.dumps(arguments)[:200]} -> {answer[:400]}\n"
+        try:
+            with open(self.socket_path.with_name(TRANSCRIPT), "a") as f:
+                f.write(line)
+        except OSError:
+            pass  # the VM's folder is gone (destroyed meanwhile): nothing left to report on
 
     # -- operations ------------------------------------------------------
     def ping(self, timeout: float = 5.0) -> None:
