@@ -19,12 +19,13 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .network import NetworkSpec, parse_network
 from .files import write_atomically
 from .sizes import format_size, parse_size
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 TOP_LEVEL = {"vms", "mounts", "agents", "forwards", "backups", "defaults"}
-VM_FIELDS = {"cpus", "memory", "disk", "image", "user", "arch"}
+VM_FIELDS = {"cpus", "memory", "disk", "image", "user", "arch", "network"}
 KNOWN_IMAGES = {"debian-12"}
 # Architectures a VM may ask for; whether this host can run one is checked when it is created
 # (capabilities.require_arch), so a config stays valid on a host that cannot run it.
@@ -46,11 +47,13 @@ class VMSpec:
     image: str = "debian-12"
     user: str = "root"      # the guest account commands and copies run as unless told otherwise
     arch: str = "x86_64"
+    network: NetworkSpec = NetworkSpec()
 
     def resources(self) -> dict[str, Any]:
         """The fields a mismatch is reported on, in human form."""
         return {"cpus": self.cpus, "memory": format_size(self.memory), "disk": format_size(self.disk),
-                "image": self.image, "user": self.user, "arch": self.arch}
+                "image": self.image, "user": self.user, "arch": self.arch,
+                "network": self.network.to_config()}
 
     def differences(self, other: "VMSpec") -> list[str]:
         """``field: existing X, requested Y`` for each field that differs."""
@@ -59,11 +62,14 @@ class VMSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "cpus": self.cpus, "memory": self.memory, "disk": self.disk, "image": self.image,
-                "user": self.user, "arch": self.arch}
+                "user": self.user, "arch": self.arch, "network": self.network.to_config()}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "VMSpec":
-        return cls(**{k: d[k] for k in ("name", "cpus", "memory", "disk", "image", "user", "arch") if k in d})
+        fields = {k: d[k] for k in ("name", "cpus", "memory", "disk", "image", "user", "arch") if k in d}
+        if "network" in d:
+            fields["network"] = parse_network(d["network"], "network")
+        return cls(**fields)
 
 
 @dataclass(frozen=True)
@@ -216,7 +222,9 @@ def parse_vm(name: str, body: Any, where: str) -> VMSpec:
     arch = body.get("arch", "x86_64")
     if arch not in KNOWN_ARCHS:
         raise ConfigError(f"{where}.arch: unknown architecture {arch!r} (known: {', '.join(KNOWN_ARCHS)})")
-    return VMSpec(name=name, cpus=cpus, memory=memory, disk=disk, image=image, user=user, arch=arch)
+    network = parse_network(body.get("network"), f"{where}.network")
+    return VMSpec(name=name, cpus=cpus, memory=memory, disk=disk, image=image, user=user, arch=arch,
+                  network=network)
 
 
 def check_user(user: object, where: str = "user") -> str:

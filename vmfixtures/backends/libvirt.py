@@ -51,7 +51,9 @@ from ..errors import (
     VmfError,
 )
 from ..guest.agent import GuestAgent
+from .. import network
 from ..images import Image
+from ..network import Network
 from ..mounts import kill_helpers
 from ..procs import ProcessId, kill, wait_exit
 from ..progress import Progress
@@ -189,8 +191,11 @@ class LibvirtBackend(QemuBackend):
         extra.setdefault("uri", uri())
         super()._record(vm_dir, spec, image_key, image_dir, owner_pid, **extra)
 
-    def domain_xml(self, name: str) -> str:
-        """The domain XML of VM ``name``, generated from its spec and folder."""
+    def domain_xml(self, name: str, net_args: list[str]) -> str:
+        """The domain XML of VM ``name``, generated from its spec and folder.
+
+        The network is QEMU arguments passed through (``net_args``, see network.py): libvirt's own
+        user-mode interface is slirp, which opens the host's loopback to the guest."""
         meta = self._meta(name)
         spec = VMSpec.from_dict(meta["spec"])
         img = Image(Path(meta["image_dir"]))
@@ -199,7 +204,8 @@ class LibvirtBackend(QemuBackend):
         kind = "kvm" if self.accel().name == "kvm" else "qemu"
         cpu = "<cpu mode='host-passthrough'/>" if kind == "kvm" else ""
         a = quoteattr
-        return f"""<domain type='{kind}'>
+        passed = "".join(f"<qemu:arg value={a(arg)}/>" for arg in net_args)
+        return f"""<domain type='{kind}' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
   <name>{escape(meta['domain'])}</name>
   <uuid>{uuid.uuid4()}</uuid>
   <metadata><vmfx:vm xmlns:vmfx={a(METADATA_NS)} storage={a(str(self.storage.resolve()))} name={a(name)}/></metadata>
@@ -213,13 +219,13 @@ class LibvirtBackend(QemuBackend):
   <devices>
     <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>
       <source file={a(str(run / 'disk.qcow2'))}/><target dev='vda' bus='virtio'/></disk>
-    <interface type='user'><model type='virtio'/></interface>
     <serial type='unix'><source mode='bind' path={a(str(run / 'console.sock'))}/>
       <log file={a(str(vm_dir / 'console.log'))} append='on'/><target port='0'/></serial>
     <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>
     <rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>
     <memballoon model='none'/>{''.join(_disk_xml(d) for d in self.data_disks(name))}
   </devices>
+  <qemu:commandline>{passed}</qemu:commandline>
 </domain>"""
 
     # -- lifecycle -------------------------------------------------------
@@ -253,7 +259,13 @@ class LibvirtBackend(QemuBackend):
                       f"({accel.name}, {spec.cpus} cpu, {spec.memory // 1024**2} MiB)")
         console_log = vm_dir / "console.log"
         offset = console_log.stat().st_size if console_log.exists() else 0
-        xml = self.domain_xml(name)
+        try:
+            net = Network(VMSpec.from_dict(meta["spec"]).network, run, name)
+            # The last slot of the PCI bus: libvirt fills slots from the first for its own devices.
+            xml = self.domain_xml(name, net.qemu_args(net.start(), ",bus=pci.0,addr=0x1f"))
+        except BaseException:
+            clear_run_dir(vm_dir)
+            raise
         try:
             if incoming:
                 clone = run / "restore.save"
@@ -312,9 +324,11 @@ class LibvirtBackend(QemuBackend):
                 _agent_up.pop(domain, None)
 
     def _ssh_port(self, name: str) -> int:
-        """Add a forward of a free 127.0.0.1 port to the guest's sshd (libvirt offers none for
-        user-mode networking) and return the port QEMU chose."""
-        self._hmp(name, "hostfwd_add tcp:127.0.0.1:0-:22")
+        """The host port forwarded to the guest's sshd: passt's, or the one QEMU chose for an
+        isolated VM (hostfwd on port 0, in the arguments passed through)."""
+        record = network.read_record(self.vm_dir(name) / "run") or {}
+        if record.get("ssh_port"):
+            return record["ssh_port"]
         return _forwarded_port(self._hmp(name, "info usernet"))
 
     def _hmp(self, name: str, command: str) -> str:

@@ -47,6 +47,8 @@ from ..errors import (
     VmfError,
 )
 from ..files import write_atomically
+from .. import network
+from ..network import Network
 from ..images import Image, Recipe, build, find
 from ..machine import Machine
 from ..mounts import kill_helpers
@@ -313,7 +315,15 @@ class QemuBackend(Backend):
         listeners = {s: _listen(run / f"{s}.sock") for s in SOCKETS}
         console_log = vm_dir / "console.log"
         offset = console_log.stat().st_size if console_log.exists() else 0
-        cmd = self._command(name, spec, img, accel, listeners, console_log)
+        try:
+            net = Network(spec.network, run, name)
+            net_args = net.qemu_args(net.start())
+        except BaseException:
+            for l in listeners.values():
+                l.close()
+            clear_run_dir(vm_dir)
+            raise
+        cmd = self._command(name, spec, img, accel, listeners, console_log, net_args)
         if incoming:
             cmd += ["-S", "-incoming", "defer"]
         # Die with the owner only when the owner is this very process, and only when
@@ -349,7 +359,8 @@ class QemuBackend(Backend):
         boot.progress.step(f"ready in {boot.progress.elapsed():.1f}s (ssh 127.0.0.1:{info['ssh_port']})")
         return m
 
-    def _command(self, name: str, spec: VMSpec, img: Image, accel, listeners: dict, console_log: Path) -> list[str]:
+    def _command(self, name: str, spec: VMSpec, img: Image, accel, listeners: dict, console_log: Path,
+                 net_args: list[str]) -> list[str]:
         fd = {s: listeners[s].fileno() for s in SOCKETS}
         cmd = [QEMU, "-name", f"guest={PREFIX}{name},debug-threads=off",
                "-machine", f"pc,accel={accel.name}", "-smp", str(spec.cpus), "-m", f"{spec.memory // 1024**2}M",
@@ -359,8 +370,7 @@ class QemuBackend(Backend):
                "-blockdev", "driver=file,filename=disk.qcow2,node-name=disk0-file",
                "-blockdev", "driver=qcow2,file=disk0-file,node-name=disk0",
                "-device", "virtio-blk-pci,drive=disk0,id=vda",
-               "-netdev", "user,id=net0,hostfwd=tcp:127.0.0.1:0-:22",
-               "-device", "virtio-net-pci,netdev=net0",
+               *net_args,
                "-device", "virtio-rng-pci",
                "-device", "virtio-serial-pci",
                "-chardev", f"socket,id=qga0,fd={fd['qga']},server=on,wait=off",
@@ -484,7 +494,10 @@ class QemuBackend(Backend):
             qmp.cmd("cont")
 
     def _ssh_port(self, name: str) -> int:
-        """The host port forwarded to the guest's sshd (QEMU chose it: hostfwd on port 0)."""
+        """The host port forwarded to the guest's sshd: passt's, or the one QEMU chose (hostfwd on port 0)."""
+        record = network.read_record(self.vm_dir(name) / "run") or {}
+        if record.get("ssh_port"):
+            return record["ssh_port"]
         with self._qmp(name) as qmp:
             return _forwarded_port(qmp.cmd("human-monitor-command", **{"command-line": "info usernet"}))
 
@@ -813,17 +826,12 @@ def orphan_qemus(storages, known_pids) -> list[tuple[psutil.Process, str]]:
 
 def runtime_root() -> Path:
     """Short, private folder for sockets: Unix socket paths are limited to 107 bytes."""
-    base = os.environ.get("XDG_RUNTIME_DIR") or "/tmp"
-    return Path(base) / f"vmfx-{os.getuid()}"
+    return paths.runtime_dir()
 
 
 def make_run_dir(vm_dir: Path) -> Path:
     """Create the VM's socket folder under ``runtime_root`` and link it as ``vm_dir/run``."""
-    root = runtime_root()
-    root.mkdir(mode=0o700, exist_ok=True)
-    st = root.stat()
-    if st.st_uid != os.getuid() or st.st_mode & 0o077:
-        raise VmfError(f"{root} must belong to uid {os.getuid()} with mode 0700 (it holds VM sockets)")
+    root = paths.private_dir(runtime_root(), "VM sockets")
     target = root / hashlib.sha256(str(vm_dir.resolve()).encode()).hexdigest()[:16]
     target.mkdir(mode=0o700)
     (target / "vm_dir").write_text(str(vm_dir.resolve()))
@@ -834,6 +842,8 @@ def make_run_dir(vm_dir: Path) -> Path:
 def clear_run_dir(vm_dir: Path) -> None:
     """Remove the VM's socket folder and its link; fine if neither exists."""
     link = vm_dir / "run"
+    if link.exists():
+        network.teardown(link)  # passt and a filtered VM's firewall table live as long as the sockets
     if link.is_symlink():
         try:
             shutil.rmtree(os.readlink(link), ignore_errors=True)

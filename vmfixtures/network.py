@@ -1,0 +1,246 @@
+"""A VM's network: what the guest can reach, as one of three profiles.
+
+The guest always sees the same link: address 10.0.2.15/24, gateway 10.0.2.2, its sshd forwarded from a
+free port on the host's 127.0.0.1. What differs is what lies behind the gateway:
+
+``nat`` (default)
+    Outbound connections to anywhere, through passt with ``--no-map-gw``. QEMU's own user networking
+    (slirp) maps the gateway to the host's loopback, so every service bound to the host's 127.0.0.1
+    would be open to the guest; passt without that mapping treats the gateway as just another address.
+``filtered``
+    passt running with a group of its own, and an nftables table for that group: new outbound connections
+    only to the allow-listed TCP ports (and UDP 53 for DNS); replies and the forwarded SSH connection
+    pass. The rules match the sockets passt opens on the guest's behalf, so nothing the guest does
+    (it is root in there) can change them. Needs root on the host, for nftables and the group switch.
+    (A group, not a user: passt binds its socket after dropping privileges, so it keeps our uid to
+    create it in our private socket folder.)
+``isolated``
+    QEMU's user networking with ``restrict=on``: no packet of the guest leaves the VM; only the SSH
+    forward reaches it. No host helper, no root needed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from .errors import ConfigError, MissingDependency, PermissionDenied, VmfError
+from .procs import CHILDREN, ProcessId, kill
+
+PROFILES = ("nat", "filtered", "isolated")
+# seed 002's agent network: SSH, DNS, HTTP, HTTPS, git.
+DEFAULT_ALLOW = (22, 53, 80, 443, 9418)
+GUEST_ADDRESS = "10.0.2.15"
+GATEWAY = "10.0.2.2"
+PREFIX_LENGTH = 24
+SOCKET = "net.sock"
+RECORD = "net.json"
+TABLE_PREFIX = "vmfx_"
+# Gids passt runs with for filtered VMs: far above any real group, one per VM.
+GID_BASE, GID_SPAN = 2_000_000_000, 100_000_000
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """The profile and, for ``filtered``, the outbound TCP ports allowed."""
+
+    profile: str = "nat"
+    allow: tuple[int, ...] = ()
+
+    def to_config(self) -> object:
+        if self.profile == "filtered" and self.allow != DEFAULT_ALLOW:
+            return {"profile": self.profile, "allow": list(self.allow)}
+        return self.profile
+
+
+def parse_network(raw: object, where: str) -> NetworkSpec:
+    """``network: nat|filtered|isolated`` or ``network: {profile: filtered, allow: [443, ...]}``."""
+    if raw is None:
+        return NetworkSpec()
+    if isinstance(raw, str):
+        raw = {"profile": raw}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a profile name ({', '.join(PROFILES)}) or a mapping "
+                          f"with 'profile' and 'allow', got {type(raw).__name__}")
+    unknown = set(raw) - {"profile", "allow"}
+    if unknown:
+        raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown field (allowed: allow, profile)")
+    profile = raw.get("profile", "nat")
+    if profile not in PROFILES:
+        raise ConfigError(f"{where}.profile: unknown network profile {profile!r} (known: {', '.join(PROFILES)})")
+    if "allow" not in raw:
+        return NetworkSpec(profile, DEFAULT_ALLOW if profile == "filtered" else ())
+    if profile != "filtered":
+        raise ConfigError(f"{where}.allow: an allow-list applies to the 'filtered' profile only, not {profile!r}")
+    allow = raw["allow"]
+    if not isinstance(allow, list) or not allow:
+        raise ConfigError(f"{where}.allow: expected a non-empty list of TCP port numbers, got {allow!r}")
+    for i, port in enumerate(allow):
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise ConfigError(f"{where}.allow[{i}]: {port!r} is not a port number (1-65535)")
+    return NetworkSpec(profile, tuple(sorted(set(allow))))
+
+
+class Network:
+    """The host side of one VM's network: started before QEMU, torn down with its socket folder."""
+
+    def __init__(self, spec: NetworkSpec, run: Path, vm: str):
+        self.spec, self.run, self.vm = spec, Path(run), vm
+
+    def start(self) -> dict:
+        """Start passt (and the firewall of a filtered VM); return the record kept in ``run/net.json``."""
+        record: dict = {"profile": self.spec.profile, "allow": list(self.spec.allow)}
+        if self.spec.profile == "isolated":
+            _write(self.run / RECORD, record)
+            return record
+        passt = shutil.which("passt")
+        if not passt:
+            raise MissingDependency("passt is not installed (Debian package passt): VM networks use it so the "
+                              "guest cannot reach services on the host's loopback")
+        gid = None
+        if self.spec.profile == "filtered":
+            if os.geteuid() != 0:
+                raise PermissionDenied(f"VM '{self.vm}': the filtered network needs root (nftables rules for "
+                                       "its own group); run as root or use the nat or isolated profile")
+            if not shutil.which("nft"):
+                raise MissingDependency("nft is not installed (Debian package nftables): the filtered network needs it")
+            gid = GID_BASE + secrets.randbelow(GID_SPAN)
+            record["table"] = f"{TABLE_PREFIX}{gid}"
+            _write(self.run / RECORD, record)  # before the rules exist: teardown finds them even if we die
+            _nft(_ruleset(record["table"], gid, self.spec.allow))
+        for _ in range(3):
+            port = _free_port()
+            proc = _spawn_passt(passt, self.run / SOCKET, port, gid)
+            record["passt"] = ProcessId.of(proc.pid).record()
+            record["ssh_port"] = port
+            _write(self.run / RECORD, record)
+            if _listening(proc, port, self.run / SOCKET):
+                return record
+            kill(psutil.Process(proc.pid) if proc.poll() is None else None)
+        raise VmfError(f"VM '{self.vm}': passt did not come up listening on a free port (see {self.run})")
+
+    def qemu_args(self, record: dict, device_options: str = "") -> list[str]:
+        """The -netdev/-device pair for QEMU's command line (also passed through libvirt, which
+        needs a PCI slot named in ``device_options``: it does not know this device is there)."""
+        if self.spec.profile == "isolated":
+            netdev = "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:0-:22"
+        else:
+            netdev = f"stream,id=net0,server=off,addr.type=unix,addr.path={self.run / SOCKET}"
+        return ["-netdev", netdev, "-device", f"virtio-net-pci,netdev=net0,id=nic0{device_options}"]
+
+
+def read_record(run: Path) -> dict | None:
+    try:
+        return json.loads((Path(run) / RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def teardown(run: Path) -> None:
+    """Stop the VM's passt and drop its firewall table; fine when there is neither."""
+    record = read_record(run)
+    if not record:
+        return
+    pid = ProcessId.from_record(record.get("passt"))
+    if pid:
+        kill(pid.process())
+    if record.get("table"):
+        drop_table(record["table"])
+
+
+def drop_table(table: str) -> None:
+    if table.startswith(TABLE_PREFIX) and shutil.which("nft"):
+        subprocess.run(["nft", "delete", "table", "inet", table], capture_output=True)
+
+
+def our_tables() -> list[str]:
+    """nftables tables of filtered VMs (for leak checks)."""
+    if not shutil.which("nft") or os.geteuid() != 0:
+        return []
+    out = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    return [line.split()[-1] for line in out.splitlines() if line.split()[-1:] and
+            line.split()[-1].startswith(TABLE_PREFIX)]
+
+
+def our_passts(runtime_root: Path) -> list[tuple[psutil.Process, Path]]:
+    """(process, socket folder) of passt processes serving VMs of ours (socket under ``runtime_root``)."""
+    found = []
+    prefix = str(runtime_root) + "/"
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if not cmd or not Path(cmd[0]).name.startswith("passt"):
+            continue
+        for flag, value in zip(cmd, cmd[1:]):
+            if flag == "-s" and value.startswith(prefix):
+                found.append((proc, Path(value).parent))
+    return found
+
+
+def _ruleset(table: str, gid: int, allow: tuple[int, ...]) -> str:
+    ports = ", ".join(str(p) for p in allow)
+    who = f"meta skgid {gid}"
+    return f"""table inet {table} {{
+  chain out {{
+    type filter hook output priority 0; policy accept;
+    {who} ct state established,related accept
+    {who} tcp dport {{ {ports} }} accept
+    {who} udp dport 53 accept
+    {who} meta l4proto tcp counter reject with tcp reset
+    {who} counter reject
+  }}
+}}
+"""
+
+
+def _nft(ruleset: str) -> None:
+    r = subprocess.run(["nft", "-f", "-"], input=ruleset, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise VmfError(f"nft refused the filtered network's rules: {r.stderr.strip().splitlines()[-1:]}")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spawn_passt(passt: str, sock: Path, port: int, gid: int | None) -> subprocess.Popen:
+    argv = [passt, "--foreground", "--quiet", "--no-map-gw", "--ipv4-only",
+            "--address", GUEST_ADDRESS, "--netmask", str(PREFIX_LENGTH), "--gateway", GATEWAY,
+            "--tcp-ports", f"127.0.0.1/{port}:22", "--udp-ports", "none", "-s", str(sock),
+            "--runas", f"{os.getuid()}:{gid if gid is not None else os.getgid()}"]
+    log = open(sock.parent / "passt.log", "ab")
+    with log:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    CHILDREN[proc.pid] = proc  # reaped by kill(): a daemon must not collect zombies
+    return proc
+
+
+def _listening(proc: subprocess.Popen, port: int, sock: Path, timeout: float = 5.0) -> bool:
+    """passt binds its forwarded port and its socket at start; wait for both (or its exit)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            ports = {c.laddr.port for c in psutil.Process(proc.pid).net_connections("tcp")
+                     if c.status == psutil.CONN_LISTEN}
+        except psutil.Error:
+            ports = set()
+        if port in ports and sock.exists():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def _write(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
