@@ -63,7 +63,8 @@ def _use_daemon():
 
 USERDATA = {"backend": "where VMs run: qemu (default), libvirt or multipass",
             "product": "the product judged: vmfixtures (default) or agsekit",
-            "agsekit": "the agsekit command to judge (default: the one the README's set-up installs)"}
+            "agsekit": "the agsekit command to judge (default: the one the README's set-up installs)",
+            "AllureFormatter.hide_excluded": "true: scenarios the tags did not select are left out of the Allure results"}
 
 
 def _refuse(message, code=2):
