@@ -42,6 +42,8 @@ class Client:
         self.socket_path = Path(socket_path) if socket_path else paths.daemon_socket()
 
     def request(self, method: str, path: str, body: dict | None = None, timeout: float = 600) -> dict | list:
+        if self.socket_path.parent.exists():  # whoever can replace the socket could stand in for the daemon
+            paths.check_private(self.socket_path.parent, "the daemon's socket")
         conn = _UnixConnection(self.socket_path, timeout)
         try:
             payload = json.dumps(body).encode() if body is not None else None
@@ -65,6 +67,8 @@ class Client:
     def alive(self) -> dict | None:
         try:
             return self.request("GET", "/v1/health", timeout=5)
+        except errors.PermissionDenied:
+            raise  # an unsafe socket folder is not "no daemon": starting one there would be refused too
         except errors.VmfError:
             return None
 
@@ -159,8 +163,8 @@ def start_daemon(socket_path: Path | None = None, extra_args: list[str] | None =
                  timeout: float = 120) -> dict:
     """Start a background daemon and block until it listens (it writes to a pipe when ready)."""
     socket_path = Path(socket_path) if socket_path else paths.daemon_socket()
-    home = paths.daemon_home()
-    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    home = paths.private_dir(paths.daemon_home(), "the daemon's ledger and pool")
+    paths.private_dir(socket_path.parent, "the daemon's socket")  # refused here, in one line, not in the log
     read_fd, write_fd = os.pipe()
     log = open(home / "daemon.log", "ab")
     env = dict(os.environ, VMFIXTURES_DAEMON_SOCKET=str(socket_path))

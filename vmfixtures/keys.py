@@ -17,12 +17,12 @@ def key_path() -> Path:
 def ensure_keypair() -> Path:
     """Return the private key path, creating the pair on first use."""
     private = key_path()
+    paths.private_dir(private.parent, "the installation's SSH key")
     if private.exists():
         mode = private.stat().st_mode & 0o777
         if mode & 0o077:
             os.chmod(private, 0o600)  # ssh refuses group/world-readable keys
         return private
-    private.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = asyncssh.generate_private_key("ssh-ed25519", comment="vmfixtures")
     tmp = private.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

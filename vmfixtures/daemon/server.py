@@ -20,7 +20,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .. import errors
+from .. import errors, paths
 from .service import FixtureService
 
 log = logging.getLogger("vmfixtures.daemon")
@@ -300,8 +300,9 @@ class Daemon:
 
 
 def _bind_private(path: Path) -> socket.socket:
-    """A listening socket only its user can open: 0700 folder, 0600 socket, bound under umask 077."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """A listening socket only its user can open: 0700 folder (refused when another user owns it or can
+    enter it), 0600 socket, bound under umask 077."""
+    paths.private_dir(path.parent, "the daemon's socket")
     path.unlink(missing_ok=True)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o177)
@@ -316,7 +317,7 @@ def _bind_private(path: Path) -> socket.socket:
 
 def acquire_lock(home: Path, socket_path: Path):
     """One daemon per home: an exclusive lock, held for the daemon's lifetime."""
-    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    paths.private_dir(home, "the daemon's ledger and pool")
     f = open(home / "daemon.lock", "a+")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -336,6 +337,7 @@ def run_foreground(home: Path, socket_path: Path, idle_per_spec: int, max_idle: 
                    ready_fd: int | None = None, observe_interval: float = 5.0) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 <pid>`: thread stacks to the log
+    paths.private_dir(Path(socket_path).parent, "the daemon's socket")  # before anything starts
     lock = acquire_lock(home, socket_path)
     try:
         service = FixtureService(home, idle_per_spec, max_idle)

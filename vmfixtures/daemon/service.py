@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 
-from .. import backends
+from .. import backends, paths
 from ..backends import Backend, open_backend
 from ..backends.qemu import orphan_qemus, orphan_run_dirs
 from ..capabilities import require_arch
@@ -34,7 +34,7 @@ class FixtureService:
 
     def __init__(self, home: Path, idle_per_spec: int = 1, max_idle: int = 2, quiet: bool = True):
         self.home = Path(home)
-        self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        paths.private_dir(self.home, "the daemon's ledger and pool")
         self.ledger = Ledger(self.home / "ledger.sqlite")
         self.pool = Pool(self.home, self.ledger, idle_per_spec, max_idle, quiet)
         self.quiet = quiet
