@@ -202,3 +202,51 @@ def test_a_vm_keeps_a_guest_agent_transcript_for_its_evidence(driver):
     assert "guest agent transcript" in found, f"expected a transcript among the evidence, found {found}"
     text = found["guest agent transcript"].read_text()
     assert "guest-exec " in text and '"exited": true' in text, text[-2000:]
+
+
+def chromium():
+    import shutil
+
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not found:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI must check the report in a browser: no chromium (./bootstrap test installs it)")
+        pytest.skip("no chromium (Debian package chromium; ./bootstrap test installs it)")
+    return found
+
+
+def browse(tmp_path, url: str, *extra: str) -> str:
+    """The page's DOM after its scripts ran, from a headless chromium (no network, a profile of its own)."""
+    r = subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                        f"--user-data-dir={tmp_path / 'chromium-profile'}", "--virtual-time-budget=15000",
+                        "--window-size=1400,1000", *extra, url],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, f"chromium failed (exit {r.returncode}): {r.stderr[-2000:]}"
+    return r.stdout
+
+
+def test_the_report_opens_in_a_browser_with_every_feature_and_the_failures_evidence(tmp_path, fixture_results):
+    import hashlib
+
+    allure_installed()
+    index = render.render([fixture_results], tmp_path / "report")
+    home = browse(tmp_path, index.as_uri(), "--dump-dom")
+    for feature in ("What the report shows", "A second capability"):
+        assert feature in home, f"expected the feature {feature!r} on the report's front page"
+    assert "Everything passes" in home and "The VMs outlive the scenario" in home
+
+    found = by_name(fixture_results)
+    for name, attachment in (("A product check fails", "serial console"),
+                             ("The VMs outlive the scenario", "hook or cleanup error")):
+        test_id = hashlib.md5(found[name]["uuid"].encode()).hexdigest()  # Allure 3's id of a result
+        page = browse(tmp_path, f"{index.as_uri()}#/{test_id}", "--dump-dom")
+        assert name in page and attachment in page, f"expected {name!r} with its attachment {attachment!r}"
+
+    reports = Path(__file__).resolve().parents[1] / "reports"
+    reports.mkdir(exist_ok=True)
+    failed_id = hashlib.md5(found["A product check fails"]["uuid"].encode()).hexdigest()
+    for shot, url in ((reports / "allure-report.png", index.as_uri()),
+                      (reports / "allure-report-failure.png", f"{index.as_uri()}#/{failed_id}")):
+        shot.unlink(missing_ok=True)
+        browse(tmp_path, url, f"--screenshot={shot}")
+        assert shot.stat().st_size > 10_000, f"expected a screenshot of {url}"

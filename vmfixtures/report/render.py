@@ -76,7 +76,7 @@ def render(results: list[Path], out: Path, name: str = "vmfixtures specification
     out.mkdir(parents=True, exist_ok=True)
     config = {"name": name, "output": str(out), "historyPath": str(out / "history.jsonl"),
               "historyLimit": HISTORY_LIMIT, "categories": _categories(folders),
-              "plugins": {"awesome": {"options": {"singleFile": True, "groupBy": ["epic", "feature"]}},
+              "plugins": {"awesome": {"options": {"singleFile": True, "groupBy": ["feature"]}},
                           "agent": {"enabled": False}}}
     with tempfile.TemporaryDirectory(prefix="vmfx-allure-") as tmp:
         rc = Path(tmp) / "allurerc.json"
