@@ -34,6 +34,7 @@ from behave.fixture import fixture, use_fixture, use_fixture_by_tag
 
 from vmfixtures import backends, capabilities
 from vmfixtures.errors import ConfigError, VmfError
+from vmfixtures.files import read_tail
 from vmfixtures.client import Heartbeat, ensure_daemon
 from vmfixtures.conformance import Recorder, capability
 from vmfixtures.sut import PRODUCTS, Host, open_product
@@ -335,7 +336,7 @@ def _attach_consoles(context, scenario):
     folder = EVIDENCE_DIR / re.sub(r"[^A-Za-z0-9]+", "-", scenario.name).strip("-")
     for name in context.driver.names():
         for kind, log in backends.backend_for(context.scope.storage, name).evidence(name).items():
-            text = log.read_text(errors="replace")
+            text = read_tail(log)  # a guest may have flooded its console: never read it whole
             folder.mkdir(parents=True, exist_ok=True)
             (folder / f"{name}-{log.name}").write_text(text)
             if allure:

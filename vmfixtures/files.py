@@ -19,3 +19,13 @@ def write_atomically(path: Path, data: str | bytes, mode: int = 0o644) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def read_tail(path: Path, limit: int = 1024**2) -> str:
+    """The last ``limit`` bytes of a file as text, saying how much came before: a log a guest can
+    fill without end (its console) is never read whole into memory."""
+    with open(path, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        f.seek(max(0, size - limit))
+        text = f.read(limit).decode(errors="replace")
+    return text if size <= limit else f"[... {size - limit} earlier bytes not shown ...]\n{text}"

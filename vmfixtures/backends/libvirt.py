@@ -50,7 +50,7 @@ from ..errors import (
     Unsupported,
     VmfError,
 )
-from ..guest.agent import GuestAgent
+from ..guest.agent import MAX_REPLY, GuestAgent
 from .. import network
 from ..images import Image
 from ..network import Network
@@ -605,7 +605,12 @@ class LibvirtAgent(GuestAgent):
             if "timeout" in why.lower() or exc.get_error_code() == libvirt.VIR_ERR_AGENT_UNRESPONSIVE:
                 raise Timeout(f"guest agent of domain {self._domain_name} did not answer {command}: {why}") from None
             raise GuestError(f"guest agent {command}: {why}") from None
-        return json.loads(reply).get("return") if reply else None
+        if not reply:
+            return None
+        if len(reply) > MAX_REPLY:
+            raise GuestError(f"guest agent of domain {self._domain_name}: reply to {command} larger than "
+                             f"{MAX_REPLY >> 20} MiB: refused")
+        return self._parse(reply.encode()).get("return")
 
 
 def destroy_domain(domain: str) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 
 from .common import vm_or_lease
@@ -22,7 +23,11 @@ def cmd_console(args) -> int:
     driver, name = vm_or_lease(args)
     driver.spec(name)  # NotFound for an unknown VM
     log = driver.vm_dir(name) / "console.log"
-    sys.stdout.write(log.read_text(errors="replace") if log.exists() else "")
+    if log.exists():  # copied a chunk at a time: the guest decides how big this log is
+        sys.stdout.flush()
+        with open(log, "rb") as f:
+            shutil.copyfileobj(f, sys.stdout.buffer, 1024 * 1024)
+        sys.stdout.buffer.flush()
     return 0
 
 

@@ -11,6 +11,12 @@ backlog), so a connection is held only for one operation (an exec and its
 status polls, a file transfer) and closed after: the test runner, the CLI and
 the daemon's observer take turns instead of starving each other. Opening one
 costs ~2 ms.
+
+The guest is untrusted: whatever answers on its side of the channel (root in
+the guest can replace qemu-ga) may send endless bytes, broken JSON or JSON of
+the wrong shape. A reply is read up to ``MAX_REPLY`` bytes and a file up to
+``MAX_FILE``; anything else becomes one GuestError line, never a traceback or
+unbounded memory.
 """
 
 from __future__ import annotations
@@ -27,6 +33,10 @@ from ..errors import GuestError, Timeout
 from .result import ExecResult
 
 CHUNK = 48 * 1024
+# qemu-ga caps an exec's captured output at 16 MiB per stream; base64 makes that ~21 MiB in one reply.
+# Beyond this a reply is not an agent's: the guest is flooding the channel.
+MAX_REPLY = 24 * 1024**2
+MAX_FILE = 64 * 1024**2  # read_file: more is refused, whatever the guest claims about end of file
 TRANSCRIPT = "qga.transcript"  # beside the socket, in the VM's folder: evidence when a scenario fails
 
 
@@ -36,7 +46,7 @@ class GuestAgent:
     def __init__(self, socket_path: Path):
         self.socket_path = Path(socket_path)
         self._sock: socket.socket | None = None
-        self._buf = b""
+        self._buf = bytearray()
 
     # -- transport -------------------------------------------------------
     def connect(self, timeout: float = 5.0) -> None:
@@ -47,7 +57,7 @@ class GuestAgent:
         except OSError as exc:
             sock.close()
             raise GuestError(f"guest agent socket {self.socket_path}: {exc}") from None
-        self._sock, self._buf = sock, b""
+        self._sock, self._buf = sock, bytearray()
         token = random.randint(1, 2**31)
         self._send({"execute": "guest-sync-delimited", "arguments": {"id": token}})
         deadline = time.monotonic() + timeout
@@ -66,16 +76,32 @@ class GuestAgent:
         self._sock.sendall(json.dumps(msg).encode() + b"\n")
 
     def _recv(self, deadline: float, after_delimiter: bool = False) -> dict:
+        """The next reply (a JSON object on one line); with ``after_delimiter``, the first after the
+        0xFF that ``guest-sync-delimited`` puts before its answer (what comes before it is dropped)."""
         assert self._sock
+        skipped = scanned = 0
         while True:
-            if after_delimiter and b"\xff" in self._buf:
-                self._buf = self._buf[self._buf.rindex(b"\xff") + 1:]
-                after_delimiter = False
-            if not after_delimiter and b"\n" in self._buf:
-                line, self._buf = self._buf.split(b"\n", 1)
-                if line.strip():
-                    return json.loads(line)
-                continue
+            if after_delimiter:
+                cut = self._buf.rfind(b"\xff")
+                skipped += len(self._buf) if cut < 0 else cut + 1
+                del self._buf[:len(self._buf) if cut < 0 else cut + 1]
+                after_delimiter = cut < 0
+                if skipped > MAX_REPLY:
+                    raise GuestError(f"guest agent sent over {MAX_REPLY >> 20} MiB without answering the "
+                                     f"sync request ({self.socket_path}): this is not a guest agent's reply")
+            if not after_delimiter:
+                end = self._buf.find(b"\n", scanned)
+                if end >= 0:
+                    line = bytes(self._buf[:end])
+                    del self._buf[:end + 1]
+                    scanned = 0
+                    if line.strip():
+                        return self._parse(line)
+                    continue
+                scanned = len(self._buf)
+                if scanned > MAX_REPLY:
+                    raise GuestError(f"guest agent reply larger than {MAX_REPLY >> 20} MiB ({self.socket_path}): "
+                                     "refused unread")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise Timeout(f"guest agent did not answer within the deadline ({self.socket_path}; "
@@ -88,6 +114,15 @@ class GuestAgent:
             if not data:
                 raise GuestError(f"guest agent closed the connection ({self.socket_path})")
             self._buf += data
+
+    def _parse(self, line: bytes) -> dict:
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            reply = None
+        if not isinstance(reply, dict):
+            raise GuestError(f"guest agent sent a malformed reply ({self.socket_path}): {line[:80]!r}")
+        return reply
 
     @contextmanager
     def session(self, timeout: float = 30.0):
@@ -121,7 +156,7 @@ class GuestAgent:
             self._note(command, arguments, json.dumps(reply))  # an exec's unfinished status polls are left out
         if "error" in reply:
             err = reply["error"]
-            raise GuestError(f"guest agent {command}: {err.get('desc', err)}")
+            raise GuestError(f"guest agent {command}: {err.get('desc', err) if isinstance(err, dict) else err!r}"[:300])
         return reply.get("return")
 
     def _note(self, command: str, arguments: dict, answer: str) -> None:
@@ -140,7 +175,7 @@ class GuestAgent:
     def exec(self, argv: list[str], input: bytes | None = None, env: dict[str, str] | None = None,
              timeout: float = 60.0) -> ExecResult:
         """Run ``argv`` in the guest and wait for it; output is captured."""
-        with self.session(timeout):
+        with self.session(timeout), _shaped(f"guest-exec of {argv[0]!r}"):
             return self._exec(argv, input, env, timeout)
 
     def _exec(self, argv, input, env, timeout) -> ExecResult:
@@ -161,28 +196,30 @@ class GuestAgent:
                 raise Timeout(f"guest command {argv!r} still running after {timeout:.0f}s")
             time.sleep(delay)
             delay = min(delay * 2, 0.1)
-        decode = lambda key: base64.b64decode(status.get(key, "")).decode(errors="replace")
+        decode = lambda key: base64.b64decode(status.get(key, ""), validate=True).decode(errors="replace")
         code = status.get("exitcode", 128 + status.get("signal", 0))
         return ExecResult(" ".join(argv), code, decode("out-data"), decode("err-data"))
 
     def read_file(self, path: str, timeout: float = 30.0) -> bytes:
-        with self.session(timeout):
+        with self.session(timeout), _shaped(f"reading {path}"):
             return self._read_file(path, timeout)
 
     def _read_file(self, path: str, timeout: float) -> bytes:
         handle = self.call("guest-file-open", timeout=timeout, path=path, mode="r")
-        data = b""
+        data = bytearray()
         try:
             while True:
                 chunk = self.call("guest-file-read", timeout=timeout, handle=handle, count=CHUNK)
-                data += base64.b64decode(chunk["buf-b64"])
+                data += base64.b64decode(chunk["buf-b64"], validate=True)
+                if len(data) > MAX_FILE:
+                    raise GuestError(f"guest file {path} is larger than {MAX_FILE >> 20} MiB: refused")
                 if chunk.get("eof") or not chunk["count"]:
-                    return data
+                    return bytes(data)
         finally:
             self.call("guest-file-close", timeout=timeout, handle=handle)
 
     def write_file(self, path: str, data: bytes, timeout: float = 30.0) -> None:
-        with self.session(timeout):
+        with self.session(timeout), _shaped(f"writing {path}"):
             self._write_file(path, data, timeout)
 
     def _write_file(self, path: str, data: bytes, timeout: float) -> None:
@@ -197,3 +234,13 @@ class GuestAgent:
     def set_time(self, ns: int | None = None) -> None:
         """Set the guest clock (to the host's now by default): stale after a restore."""
         self.call("guest-set-time", time=ns if ns is not None else time.time_ns())
+
+
+@contextmanager
+def _shaped(what: str):
+    """An answer of the wrong shape (a missing key, a string for a number, bad base64) is a GuestError."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise GuestError(f"guest agent gave a malformed answer while {what}: {type(exc).__name__}: {exc}"[:300]) \
+            from None

@@ -14,6 +14,9 @@ from pathlib import Path
 
 from ..errors import Timeout
 
+WINDOW = 64 * 1024  # what is kept of the console while waiting: a flooding guest costs no more
+CHUNK = 1024 * 1024
+
 
 class Console:
     """A VM's serial console: ``console.log`` plus the live ``console.sock``."""
@@ -25,26 +28,21 @@ class Console:
     def size(self) -> int:
         return self.log_path.stat().st_size if self.log_path.exists() else 0
 
-    def text(self, since: int = 0) -> str:
-        if not self.log_path.exists():
-            return ""
-        with open(self.log_path, "rb") as f:
-            f.seek(since)
-            return f.read().decode(errors="replace")
-
     def wait_for(self, pattern: str, since: int, timeout: float, alive=lambda: True) -> str:
         """Block until ``pattern`` (a regex) appears after log offset ``since``.
 
         ``alive`` is checked when the socket closes or stays silent, so a QEMU
-        that died fails fast instead of waiting out the timeout.
+        that died fails fast instead of waiting out the timeout. Memory is bounded
+        whatever the guest prints: the log is scanned in chunks and only the last
+        ``WINDOW`` characters are kept between reads.
         """
         regex = re.compile(pattern)
         deadline = time.monotonic() + timeout
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.connect(str(self.socket_path))
-            seen = self.text(since)
-            while not (m := regex.search(seen)):
+            m, seen = self._scan(regex, since)
+            while not m:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise Timeout(f"no console line matching {pattern!r} within {timeout:.0f}s "
@@ -57,11 +55,28 @@ class Console:
                 if data == b"" or (data is None and not alive()):
                     if not alive():
                         raise Timeout(f"QEMU exited before the console showed {pattern!r} "
-                                      f"(last output: {self.text(since).strip()[-300:]!r})")
-                    seen = self.text(since)
+                                      f"(last output: {self._scan(regex, since)[1].strip()[-300:]!r})")
+                    m, seen = self._scan(regex, since)
                     continue
                 if data:
                     seen += data.decode(errors="replace")
+                    m = regex.search(seen)
+                    seen = seen[-WINDOW:]
             return m.group(0)
         finally:
             sock.close()
+
+    def _scan(self, regex: re.Pattern, since: int) -> tuple[re.Match | None, str]:
+        """Search the log from offset ``since`` a chunk at a time: (the first match, or None; the last
+        ``WINDOW`` characters read)."""
+        if not self.log_path.exists():
+            return None, ""
+        tail = ""
+        with open(self.log_path, "rb") as f:
+            f.seek(since)
+            while chunk := f.read(CHUNK):
+                tail += chunk.decode(errors="replace")
+                if m := regex.search(tail):
+                    return m, tail[-WINDOW:]
+                tail = tail[-WINDOW:]
+        return None, tail
