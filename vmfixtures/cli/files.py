@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..guest.files import download, parse_pair, upload
+from ..guest.files import download, host_source, parse_pair, upload
 from ..spec import check_user
 from .common import vm_backend
 
@@ -12,6 +12,8 @@ from .common import vm_backend
 def cmd_cp(args) -> int:
     src, dst = parse_pair(args.src, args.dst)
     vm = src.vm or dst.vm
+    if dst.vm:
+        host_source(Path(src.path))  # the host side first: nothing is asked of a VM for a file that is not there
     driver = vm_backend(args, vm)
     user = check_user(args.user, "--user") if args.user else driver.spec(vm).user  # NotFound for an unknown VM
     machine = driver.machine(vm)

@@ -168,14 +168,23 @@ def _split_exec(args) -> None:
 def cmd_vm_exec(args) -> int:
     _split_exec(args)
     env = commands.parse_env(args.env)
-    commands.command_argv(args.command)  # a missing command is refused before the VM is looked up
+    commands.command_argv(args.command)  # bad arguments are refused before the VM is looked up
+    cwd = commands.check_folder(args.cwd)
+    user = check_user(args.user, "--user") if args.user else None
     driver = vm_backend(args)
-    user = check_user(args.user, "--user") if args.user else driver.spec(args.name).user
-    result = commands.run(driver.machine(args.name), args.command, user=user, cwd=commands.check_folder(args.cwd),
+    result = commands.run(driver.machine(args.name), args.command, user=user or driver.spec(args.name).user, cwd=cwd,
                           env=env, timeout=args.timeout)
     sys.stdout.write(result.stdout)
     sys.stderr.write(result.stderr)
     return result.exit_code
+
+
+def cmd_vm_info(args) -> int:
+    from .. import network
+
+    info = network.describe(vm_backend(args), args.name)
+    print(json.dumps(info, indent=2) if args.json else network.describe_text(info))
+    return 0
 
 
 def register(sub):
@@ -205,6 +214,8 @@ def register(sub):
     named("snapshots", "list a VM's snapshots", cmd_vm_snapshots)
     rs = named("restore", "put a VM back to a snapshot: disk and running processes as they were", cmd_vm_restore)
     rs.add_argument("tag")
+    info = named("info", "a VM's network: profile, allow-list, the guest's addresses, forwards", cmd_vm_info)
+    add_json(info)
     ls = vm.add_parser("list", help="VMs in the storage folder and their state")
     add_json(ls)
     ls.set_defaults(func=cmd_vm_list)

@@ -73,11 +73,12 @@ def _tmp_name(final: str) -> str:
     return posixpath.join(posixpath.dirname(final), f".{posixpath.basename(final)}.vmfx-{os.getpid()}.tmp")
 
 
-def _host_source(src: Path) -> os.stat_result:
+def host_source(src: Path) -> os.stat_result:
+    """The stat of host file ``src`` to copy; NotFound, ConfigError (a folder) or PermissionDenied."""
     try:
         st = os.stat(src)
     except FileNotFoundError:
-        raise NotFound(f"the host has no file {src}") from None
+        raise NotFound(f"the host has no file {Path(src).absolute()}") from None
     except PermissionError:
         raise PermissionDenied(f"cannot read {src} on the host: permission denied") from None
     if stat.S_ISDIR(st.st_mode):
@@ -106,7 +107,7 @@ def _host_target(dst: str, name: str) -> Path:
 def upload(machine, src: Path, dst: str, user: str = "root", timeout: float = 3600.0) -> tuple[str, int]:
     """Copy host file ``src`` to ``dst`` in the guest of ``machine``, with its mode, owned by ``user``.
     Returns the guest path written and its size."""
-    st = _host_source(src)
+    st = host_source(src)
     mode = stat.S_IMODE(st.st_mode)
     owner = account(machine, user) if user != "root" else None
     vm = machine.name

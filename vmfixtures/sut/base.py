@@ -30,6 +30,8 @@ UNKNOWN_VM, BAD_CONFIG, BUSY, MISSING_SOURCE, NOT_WRITABLE, CORRUPT, EXISTS, MIS
                                 "exists", "mismatch", "missing-tool", "not-running", "unsupported")
 UNKNOWN_AGENT, UNKNOWN_SNAPSHOT, MISSING_ARTIFACT, BROKEN_CHAIN, NO_TUNNEL = (
     "unknown-agent", "unknown-snapshot", "missing-artifact", "broken-chain", "no-tunnel")
+# a guest account the VM does not have; a file or folder (host or guest) that does not exist
+UNKNOWN_USER, MISSING_PATH = "unknown-user", "missing-path"
 
 # Remarks on a done outcome (``Outcome.note``): nothing needed doing (EXISTS: what was asked for was there already).
 NOTHING_CHANGED = "nothing-changed"
@@ -251,6 +253,34 @@ class Product(ABC):
         """``data``: VM name -> {"state", "cpus", "memory", "mounts": [{"source", "target", "mounted",
         "last_backup"}], "agents": [{"name", "pids"}]} for each VM of the config."""
         self._unsupported("report the project's status")
+
+    # -- files and commands --------------------------------------------------------------
+    def copy_into(self, name: str, source: Path, target: str) -> Outcome:
+        """Copy host file ``source`` into VM ``name`` at guest path ``target`` (a file name, or an
+        existing folder the file keeps its name in)."""
+        self._unsupported("copy a file into a VM")
+
+    def copy_out(self, name: str, source: str, target: Path) -> Outcome:
+        """Copy guest file ``source`` of VM ``name`` to host path ``target``."""
+        self._unsupported("copy a file out of a VM")
+
+    def start_copy_into(self, name: str, source: Path, target: str):
+        """``copy_into`` as a running process (a ``testkit.Background``; ``.proc`` is the product's own
+        process, for the host to measure), ended with ``copy_ended``."""
+        self._unsupported("copy a file into a VM in the background")
+
+    def start_copy_out(self, name: str, source: str, target: Path):
+        self._unsupported("copy a file out of a VM in the background")
+
+    def copy_ended(self, copy, timeout: float = 600) -> Outcome:
+        self._unsupported("wait for a copy")
+
+    def run_command(self, name: str, command: list[str], cwd: str | None = None, env: dict | None = None,
+                    user: str | None = None) -> Outcome:
+        """Run ``command`` (an argv) in VM ``name``, in guest folder ``cwd``, with ``env`` added, as guest
+        ``user`` (the VM's own when None). Done when the command ran, whatever it exited with: ``data``
+        is {"exit_code": its exit code}, ``stderr`` its error output; refused when it could not run."""
+        self._unsupported("run a command in a VM")
 
     # -- port forwarding -----------------------------------------------------------------
     def start_forwarding(self, timeout: float) -> Outcome:

@@ -187,3 +187,54 @@ class Host:
         total_kib = int(re.search(r"MemTotal:\s+(\d+) kB", meminfo).group(1))
         return {"cpus": cpus, "memory_kib": total_kib}
 
+    # -- file content on each side, and what a process took -------------------------
+    @staticmethod
+    def sha256(path: Path) -> str:
+        """The SHA-256 of a host file, computed here with hashlib (read in 1 MiB pieces)."""
+        import hashlib
+
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while block := f.read(1024**2):
+                h.update(block)
+        return h.hexdigest()
+
+    @staticmethod
+    def guest_sha256(machine, path: str) -> str:
+        """The SHA-256 of a guest file, computed in the guest by its own sha256sum."""
+        return machine.succeed(["sha256sum", "--", path], timeout=300).split()[0]
+
+    @staticmethod
+    def guest_stat(machine, path: str) -> dict | None:
+        """Mode, owner and size of a guest path as the guest's stat(1) says; None when it does not exist."""
+        r = machine.execute(["stat", "-c", "%a %U %s", "--", path])
+        if not r.ok:
+            return None
+        mode, owner, size = r.stdout.split()
+        return {"mode": int(mode, 8), "owner": owner, "size": int(size)}
+
+    @staticmethod
+    def guest_find(machine, folder: str, pattern: str) -> list[str]:
+        """Paths under guest ``folder`` whose name matches the shell ``pattern`` (hidden ones too)."""
+        out = machine.succeed(["find", folder, "-name", pattern])
+        return [line for line in out.splitlines() if line]
+
+    @staticmethod
+    def peak_memory(proc, every: float = 0.01) -> int:
+        """The peak resident memory (bytes) of running process ``proc`` until it exits: the kernel's
+        high-water mark (VmHWM), read until the process is gone or a zombie. ``proc`` is not reaped."""
+        import time
+
+        peak = 0
+        status = Path(f"/proc/{proc.pid}/status")
+        while True:
+            try:
+                text = status.read_text()
+            except (FileNotFoundError, ProcessLookupError):
+                return peak
+            m = re.search(r"^VmHWM:\s+(\d+) kB", text, re.MULTILINE)
+            if not m:  # a zombie has no memory left to report
+                return peak
+            peak = max(peak, int(m.group(1)) * 1024)
+            time.sleep(every)
+

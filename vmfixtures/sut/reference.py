@@ -21,6 +21,7 @@ from .. import __version__
 from .base import (BAD_CONFIG, BROKEN_CHAIN, BUSY, CORRUPT, DONE, EXISTS, FAILED, MISMATCH, MISSING_ARTIFACT,
                    MISSING_SOURCE, MISSING_TOOL, NO_TUNNEL, NOT_RUNNING, NOT_WRITABLE, NOTHING_CHANGED, REFUSED,
                    UNKNOWN_AGENT, UNKNOWN_SNAPSHOT, UNKNOWN_VM, UNSUPPORTED, Outcome, Product)
+from .base import MISSING_PATH, UNKNOWN_USER
 
 # vmfixtures --help: exit codes, and what each means to the specification. 8 ("the guest or QEMU
 # refused a request") has no one meaning: its kinds are told apart by the message below.
@@ -39,6 +40,10 @@ MESSAGE_REFUSALS = (
     (r"install artifact of agent '(?P<subject>[^']+)' is missing", MISSING_ARTIFACT, {2}),
     (r"VM '[^']+' has no snapshot '(?P<subject>[^']+)'", UNKNOWN_SNAPSHOT, {3}),
     (r"no VM named '(?P<subject>[^']+)'", UNKNOWN_VM, {3}),
+    (r"has no guest user '(?P<subject>[^']+)'", UNKNOWN_USER, {3}),
+    (r"has no (?:folder|file) (?P<subject>/\S*?)(?: \(|$)", MISSING_PATH, {3}),
+    (r"guest user '(?P<subject>[^']+)' may not", NOT_WRITABLE, {6}),
+    (r"architecture (?P<subject>\S+) cannot run here", UNSUPPORTED, {10}),
     (r"VM '(?P<subject>[^']+)' is not running", NOT_RUNNING, {8}),
     (r"unmounting (?P<subject>\S+) in VM '[^']+' failed", BUSY, {8}),
     (r"host port (?P<subject>\S+) is already in use by pid (?P<holder>\d+)", BUSY, {9}),
@@ -64,7 +69,8 @@ class Vmfixtures(Product):
     name = "vmfixtures"
     distribution = "vmfixtures"  # the installed package whose version it reports
     supports = frozenset({"backups", "disk-backups", "vm-snapshots", "lifecycle", "daemon", "mounts", "agents",
-                          "forwarding", "connectivity", "observer", "cli"})
+                          "forwarding", "connectivity", "observer", "cli",
+                          "files"})
 
     snapshot_format = SNAPSHOT_FORMAT
 
@@ -138,7 +144,10 @@ class Vmfixtures(Product):
 
     # -- VM lifecycle --------------------------------------------------------
     def create_vm(self, name: str) -> Outcome:
-        return self.on_config("create", "vm", "create", name)
+        o = self.on_config("create", "vm", "create", name)
+        if o.refused_for(UNSUPPORTED):  # "... qemu-system-aarch64 is not installed ..."
+            o.data = {"missing": re.findall(r"(qemu-system-\S+) is not installed", o.stderr)}
+        return o
 
     def create_all_vms(self) -> Outcome:
         return self.on_config("create all", "vm", "create", "--all")
@@ -236,6 +245,30 @@ class Vmfixtures(Product):
                                     "agents": [{"name": a["name"], "pids": a["pids"]} for a in row["agents"]]}
                       for row in o.data}
         return o
+
+    # -- files and commands ------------------------------------------------------
+    def copy_into(self, name: str, source: Path, target: str) -> Outcome:
+        return self.run("cp into", "cp", str(source), f"{name}:{target}")
+
+    def copy_out(self, name: str, source: str, target: Path) -> Outcome:
+        return self.run("cp out", "cp", f"{name}:{source}", str(target))
+
+    def start_copy_into(self, name: str, source: Path, target: str):
+        return self.start("cp into", "cp", str(source), f"{name}:{target}")
+
+    def start_copy_out(self, name: str, source: str, target: Path):
+        return self.start("cp out", "cp", f"{name}:{source}", str(target))
+
+    def copy_ended(self, copy, timeout: float = 600) -> Outcome:
+        return self.ended(copy, timeout)
+
+    def run_command(self, name: str, command: list[str], cwd: str | None = None, env: dict | None = None,
+                    user: str | None = None) -> Outcome:
+        args = ["vm", "exec", name, *(("--cwd", cwd) if cwd else ()), *(("--user", user) if user else ()),
+                *(a for k, v in (env or {}).items() for a in ("--env", f"{k}={v}")), "--", *command]
+        r = self.project.run(self.argv(*args))
+        # `vm exec` exits with the command's own code; only "vmfixtures: error:" is its own refusal
+        return classify_run("vm exec", ["vmfixtures", *args], r.exit_code, r.stdout, r.stderr)
 
     # -- port forwarding ---------------------------------------------------------
     def start_forwarding(self, timeout: float) -> Outcome:
