@@ -244,6 +244,7 @@ class Pool:
         if not self.snapshots.is_dir():
             return gone
         image_key = self.driver.image().key
+        built = self.driver.image().disk.stat().st_mtime  # a rebuilt image keeps its key, not its blocks
         for d in sorted(self.snapshots.iterdir()):
             meta = d / "snapshot.json"
             if d.name.endswith(".partial") or not meta.is_file():
@@ -253,7 +254,7 @@ class Pool:
             snap = json.loads(meta.read_text())
             spec = VMSpec.from_dict(snap["spec"])
             kind = snap.get("backend", "qemu")
-            if snap["image"] != image_key or self.key(spec, kind) != d.name:
+            if snap["image"] != image_key or self.key(spec, kind) != d.name or snap.get("created_at", 0) < built:
                 shutil.rmtree(d, ignore_errors=True)
                 self.ledger.remove_disk_path(str(d / "disk.qcow2"))
                 gone.append(f"stale snapshot {d} (image {snap['image']}, now {image_key})")
