@@ -1,4 +1,4 @@
-@p0 @agents @requires.qemu
+@p0 @agents @requires.qemu @seed.000.p0-agents
 Feature: Agent runs in a mounted project
   A coding agent is installed into its VM from an artifact the host provides
   (the VM has no internet), then works in the mounted project. Its edits land

@@ -1,4 +1,4 @@
-@p0 @backups
+@p0 @backups @seed.000.p0-backups
 Feature: Folder backups
   Whatever an agent does to a project, its earlier versions must still be
   there. Folder backups are cheap, complete snapshots: unchanged files are

@@ -1,4 +1,4 @@
-@p0 @connectivity @requires.qemu
+@p0 @connectivity @requires.qemu @seed.000.p0-connectivity
 Feature: Reaching a VM and seeing what it is doing
   An operator gets into an agent's VM the way they get into any machine:
   over SSH, with a key made for this installation, or with a shell. And one
@@ -12,6 +12,7 @@ Feature: Reaching a VM and seeing what it is doing
       | devbox | 1    | 512M   | 2G   |
     And the VM "devbox" is running
 
+  @seed.004.2
   Scenario: The operator runs a command in the VM over SSH
     When the operator runs "cat /proc/sys/kernel/hostname" in "devbox" over SSH
     Then the operator sees "devbox"

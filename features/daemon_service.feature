@@ -1,4 +1,4 @@
-@p1 @daemon @requires.systemd
+@p1 @daemon @requires.systemd @seed.000.p1-systemd
 Feature: The fixture daemon as a systemd service
   On a shared CI host the daemon should be there after every reboot, owned by
   systemd, and gone without a trace when the team uninstalls it.

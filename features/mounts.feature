@@ -1,4 +1,4 @@
-@p0 @mounts @requires.qemu
+@p0 @mounts @requires.qemu @seed.000.p0-mounts
 Feature: Host folders mounted in VMs
   An agent works on the user's project from inside its VM. The project folder
   on the host is mounted into the VM, so what the agent writes lands on the

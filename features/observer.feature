@@ -1,4 +1,4 @@
-@p0 @observer @requires.qemu @requires.daemon
+@p0 @observer @requires.qemu @requires.daemon @seed.001.3.3
 Feature: Observer
   The ledger holds what the harness believes exists; the observer checks that
   belief against the machine: processes, disk files, mounts inside guests.
@@ -11,22 +11,22 @@ Feature: Observer
       | watched | 1    | 512M   | 2G   |
     And the VM "watched" is running
 
-  @observer.drift
+  @observer.drift @seed.001.3.3.1
   Scenario: A VM whose process died is reported
     When the process of VM "watched" is killed with SIGKILL
     Then within one observer interval the observer reports "vm-not-running" for "watched"
 
-  @observer.drift
+  @observer.drift @seed.001.3.3.3
   Scenario: A disk file deleted behind the ledger's back is reported
     When the disk file of "watched" is deleted
     Then within one observer interval the observer reports "disk-missing" for "watched"
 
-  @observer.drift
+  @observer.drift @seed.001.3.3.2
   Scenario: A stray VM process named like the project's is reported
     When a stray VM process named like the project's runs in the storage
     Then within one observer interval the observer reports "orphan-process" for the stray VM process
 
-  @observer.drift
+  @observer.drift @seed.001.3.3.4
   Scenario: A stray file dropped into the storage is reported
     When a stray disk file is dropped into the storage
     Then within one observer interval the observer reports "orphan-disk" for "stray.qcow2"
@@ -53,7 +53,7 @@ Feature: Observer
     Then the observer says it killed the stray VM process
     And the stray VM process is gone
 
-  @observer.drift
+  @observer.drift @seed.001.3.5.3
   Scenario: After a crashed VM is restarted, the next report is clean
     Given the process of VM "watched" was killed and the observer reported "vm-not-running"
     When the operator starts the VM "watched"

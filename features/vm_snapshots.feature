@@ -1,4 +1,4 @@
-@p1 @vm-snapshots @requires.qemu @requires.memory-snapshots
+@p1 @vm-snapshots @requires.qemu @requires.memory-snapshots @seed.002.vm-snapshot-restore
 Feature: VM snapshots
   Before an agent tries something drastic, the whole VM can be saved, memory
   and disk, while it keeps running, and later put back exactly as it was:

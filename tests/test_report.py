@@ -250,3 +250,56 @@ def test_the_report_opens_in_a_browser_with_every_feature_and_the_failures_evide
         shot.unlink(missing_ok=True)
         browse(tmp_path, url, f"--screenshot={shot}")
         assert shot.stat().st_size > 10_000, f"expected a screenshot of {url}"
+
+
+def test_every_seed_tag_names_a_known_seed_section():
+    from behave.parser import parse_file
+
+    from vmfixtures.report.living import seed_rule, seed_tags
+
+    features = Path(__file__).resolve().parents[1] / "features"
+    for path in features.glob("*.feature"):
+        feature = parse_file(str(path))
+        tags = list(feature.tags) + [t for s in feature.walk_scenarios(with_outlines=True) for t in s.tags]
+        for tag in seed_tags(tags):
+            seed_rule(tag)  # raises ConfigError naming the tag
+
+
+def test_seed_rules_read_as_the_seed_names_them():
+    from vmfixtures.report.living import seed_rule
+
+    assert seed_rule("seed.001.3.1.2") == "001 §3.1.2 stop a running VM"
+    assert seed_rule("seed.000.p0-mounts") == "000 P0 mounts"
+    for bad in ("seed.009.1", "seed.001.99", "seed.1.2"):
+        with pytest.raises(ConfigError, match=bad.replace(".", r"\.")):
+            seed_rule(bad)
+
+
+def test_the_living_spec_shows_scenarios_status_per_run_and_seed_rules(tmp_path):
+    from vmfixtures.report import living
+
+    (tmp_path / "features").mkdir()
+    (tmp_path / "features" / "a.feature").write_text(
+        "@p0 @lifecycle @seed.000.p0-lifecycle\nFeature: VM lifecycle\n  What operators need.\n\n"
+        "  @seed.001.3.1.2\n  Scenario: Stopping a VM powers it off\n    Given a step\n\n"
+        "  Scenario Outline: Stops on <signal>\n    Given a step\n\n    Examples:\n"
+        "      | signal |\n      | SIGINT |\n      | SIGTERM |\n")
+    record = {"run": "qemu", "backend": "qemu", "product": "vmfixtures", "scenarios": [
+        {"feature": "VM lifecycle", "name": "Stopping a VM powers it off", "status": "passed", "feature_tags": []},
+        {"feature": "VM lifecycle", "name": "Stops on SIGINT -- @1.1 ", "status": "passed", "feature_tags": []},
+        {"feature": "VM lifecycle", "name": "Stops on SIGTERM -- @1.2 ", "status": "failed", "feature_tags": []}]}
+    skipped = {"run": "multipass", "backend": "multipass", "scenarios": [
+        {"feature": "VM lifecycle", "name": "Stopping a VM powers it off", "status": "skipped",
+         "reason": "no snap here", "feature_tags": []}]}
+    files = []
+    for r in (record, skipped):
+        files.append(tmp_path / f"{r['run']}.json")
+        files[-1].write_text(json.dumps(r))
+    out = living.write(tmp_path / "features", files, tmp_path / "living.md")
+    text = out.read_text()
+    assert "| Stopping a VM powers it off | passed | skipped [1] | 000 P0 VM lifecycle; 001 §3.1.2 stop a running VM |" \
+        in text, text
+    assert "| Stops on <signal> | **failed 1 of 2** | not run | 000 P0 VM lifecycle |" in text, text
+    assert "[1] no snap here" in text
+    with pytest.raises(ConfigError, match="no feature files"):
+        living.write(tmp_path / "nowhere", files, tmp_path / "x.md")

@@ -41,9 +41,9 @@ class Cell:
 
 
 def capability(feature_tags: list[str]) -> str | None:
-    """The feature's capability: its first tag that is not a priority, @reference or @requires/@fixture."""
+    """The feature's capability: its first tag that is not a priority, @reference or @requires/@fixture/@seed."""
     for tag in feature_tags:
-        if tag not in NON_CAPABILITY and not tag.startswith(("requires.", "fixture.", "observer.")):
+        if tag not in NON_CAPABILITY and not tag.startswith(("requires.", "fixture.", "observer.", "seed.")):
             return tag
     return None
 

@@ -1,7 +1,8 @@
-"""`vmfixtures report`: the Allure report."""
+"""`vmfixtures report` (the Allure report) and `vmfixtures docs` (the living specification)."""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from .. import errors
@@ -21,6 +22,14 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_docs(args) -> int:
+    from ..report import living
+
+    out = living.write(Path(args.features), args.records, Path(args.out))
+    print(f"wrote the living specification to {out}")
+    return 0
+
+
 def register(sub) -> None:
     p = sub.add_parser("report", help="render the Allure results into one self-contained HTML report",
                        description="Render Allure results into one self-contained index.html with Allure 3 "
@@ -31,3 +40,14 @@ def register(sub) -> None:
     p.add_argument("--out", type=Path, default=Path("reports/allure-report"), metavar="DIR",
                    help="the report folder (default: reports/allure-report)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("docs", help="write the living specification (capabilities, scenarios, status, seed rules)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Write the living specification: every capability with its scenarios, their "
+                                   "status per backend and product in the latest runs, and the seed rule each "
+                                   "implements.")
+    p.add_argument("--features", default="features", help="the feature files' folder (default: features)")
+    p.add_argument("--records", type=Path, nargs="*", metavar="FILE",
+                   help="conformance records (default: reports/conformance/*.json)")
+    p.add_argument("--out", default="reports/living-spec.md", help="where to write it (default: reports/living-spec.md)")
+    p.set_defaults(func=cmd_docs)
