@@ -80,7 +80,7 @@ def test_labels_come_from_tags(fixture_results):
     assert labels(failed, "severity") == ["critical"]
     assert labels(failed, "epic") == ["reporting"]
     assert labels(failed, "feature") == ["What the report shows"]
-    assert labels(failed, "story") == ["seed 001 §2.1"]
+    assert labels(failed, "story") == ["001 §3.1.2 stop a running VM"]
     assert labels(found["Another check passes"], "severity") == ["minor"]
     assert labels(found["Everything passes"], "severity") == ["normal"]
     for result in found.values():
