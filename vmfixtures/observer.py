@@ -5,7 +5,8 @@ Checks (each finding has a type, the object, the evidence and a suggested fix):
 - ``vm-not-running``     a VM the ledger holds as running has no QEMU process
 - ``backend-state``      QEMU runs, but QMP says the guest is not running
 - ``orphan-process``     a QEMU of ours (``guest=vmfx-``) that no ledger row owns
-- ``disk-missing``       a disk the ledger records is not on disk
+- ``disk-missing``       a disk the ledger records is not on disk (a VM's, or a data disk's file)
+- ``disk-unrecorded``    a running VM has a data disk plugged in that no record attached to it
 - ``orphan-disk``        a disk or stray file in a storage folder that no row owns
 - ``mount-missing``      a mount recorded for a VM is not mounted in its guest
 - ``tunnel-down``        a tunnel recorded as up whose ssh process is gone
@@ -35,6 +36,8 @@ from .daemon.ledger import Ledger
 from .procs import ProcessId
 from .backends import open_backend
 from .backends.qemu import orphan_qemus, orphan_run_dirs
+from .backends.base import DISK_HOTPLUG
+from .disks import FOLDER as DISKS_FOLDER
 from .errors import VmfError
 from .mounts import SSHFS, Mounts, kill_helpers
 
@@ -108,17 +111,28 @@ class Observer:
                                             f"{driver.name} backend says {status!r}", "restart the VM, or destroy it"))
             if proc is not None and row["state"] == "leased":
                 findings += self._check_mounts(driver, row)
+            if proc is not None and row["state"] in RUNNING_STATES and driver.supports(DISK_HOTPLUG):
+                findings += self._check_data_disks(driver, row)
             lease = self.ledger.lease(row["lease_id"]) if row["lease_id"] else None
             if lease is not None and lease["state"] == "ended" and proc is not None:
                 findings.append(Finding("lease-expired-alive", label,
                                         f"lease {lease['id']} ended ({lease['end_reason']}) but pid {proc.pid} runs",
                                         "destroy the VM (`vmfixtures observe --fix`)"))
         for disk in self.ledger.live_disks():
-            if not Path(disk["path"]).exists():
-                findings.append(Finding("disk-missing", disk["path"], f"{disk['kind']} disk recorded "
-                                        f"{time.ctime(disk['created_at'])} is not on disk",
-                                        "destroy the VM that used it, its data is gone (--fix marks the disk "
-                                        "removed in the ledger)"))
+            if Path(disk["path"]).exists():
+                continue
+            if disk["kind"] == "data":
+                vm = self.ledger.vm(disk["vm_id"]) if disk["vm_id"] else None
+                findings.append(Finding("disk-missing", disk["path"], f"data disk '{disk['name']}' "
+                                        f"({'attached to VM ' + vm['name'] if vm else 'detached'}), recorded "
+                                        f"{time.ctime(disk['created_at'])}, is not on disk",
+                                        f"its data is gone: `vmfixtures disk detach {disk['name']}` (--fix marks "
+                                        "the disk removed in the ledger)"))
+                continue
+            findings.append(Finding("disk-missing", disk["path"], f"{disk['kind']} disk recorded "
+                                    f"{time.ctime(disk['created_at'])} is not on disk",
+                                    "destroy the VM that used it, its data is gone (--fix marks the disk "
+                                    "removed in the ledger)"))
         storages = self.storages()
         # A VM being created or destroyed may have its process before (or after) its record of it:
         # libvirt starts QEMU inside a restore that takes a second. Its folder's row covers it.
@@ -157,14 +171,34 @@ class Observer:
                         "`vmfixtures umount` then `vmfixtures mount` it again (or --fix drops the record)")
                 for r in records if in_guest.get(r.target) != SSHFS]
 
+    def _check_data_disks(self, driver, row: dict) -> list[Finding]:
+        """Block devices the hypervisor has against the disks the ledger and the VM's record attach."""
+        try:
+            plugged = driver.block_devices(row["name"])
+            recorded = [d.file for d in driver.data_disks(row["name"])]
+        except (VmfError, OSError):
+            return []  # the VM is going away, or its monitor is busy: the next pass looks again
+        recorded += [Path(d["path"]) for d in self.ledger.data_disks(vm_id=row["id"])]
+        known = {str(Path(f).resolve()) for f in recorded}
+        return [Finding("disk-unrecorded", f"disk {file} in {_label(row)}",
+                        f"the {driver.name} backend has it plugged in as {device}; no record attaches it",
+                        "find who attached it; stop and start the VM to boot it with its recorded disks only")
+                for device, file in plugged.items() if str(Path(file).resolve()) not in known]
+
     def _orphan_files(self, storages: set[str], live_rows: list[dict]) -> list[Finding]:
         owned_dirs = {str(Path(r["storage"]) / r["name"]) for r in live_rows}
+        data_disks = {d["path"] for d in self.ledger.data_disks()}
         findings = []
         for storage in storages:
             root = Path(storage)
             if not root.is_dir():
                 continue
             for entry in root.iterdir():
+                if entry.name == DISKS_FOLDER and entry.is_dir():  # the data disks: each file needs its row
+                    findings += [Finding("orphan-disk", str(f), f"data disk file in {entry} that no ledger row "
+                                         "owns", "remove it (`vmfixtures observe --fix`)")
+                                 for f in sorted(entry.glob("*.qcow2")) if str(f) not in data_disks]
+                    continue
                 if str(entry) not in owned_dirs:
                     disks = [p.name for p in entry.rglob("*.qcow2")] if entry.is_dir() else []
                     findings.append(Finding("orphan-disk", str(entry), f"{'folder' if entry.is_dir() else 'file'} "

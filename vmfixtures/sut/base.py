@@ -32,6 +32,7 @@ UNKNOWN_AGENT, UNKNOWN_SNAPSHOT, MISSING_ARTIFACT, BROKEN_CHAIN, NO_TUNNEL = (
     "unknown-agent", "unknown-snapshot", "missing-artifact", "broken-chain", "no-tunnel")
 # a guest account the VM does not have; a file or folder (host or guest) that does not exist
 UNKNOWN_USER, MISSING_PATH = "unknown-user", "missing-path"
+UNKNOWN_DISK = "unknown-disk"
 
 # Remarks on a done outcome (``Outcome.note``): nothing needed doing (EXISTS: what was asked for was there already).
 NOTHING_CHANGED = "nothing-changed"
@@ -311,6 +312,29 @@ class Product(ABC):
 
     def restore_disk_backup(self, chain: Path, new_name: str) -> Outcome:
         self._unsupported("restore a disk backup")
+
+    # -- data disks (hot-plugged into running VMs) ------------------------------------------
+    def create_disk(self, name: str, size: int) -> Outcome:
+        """A new, empty data disk ``name`` of ``size`` bytes."""
+        self._unsupported("create a data disk")
+
+    def attach_disk(self, name: str, vm: str) -> Outcome:
+        """Attach disk ``name`` to ``vm`` while it runs. A disk that does not exist is refused
+        (UNKNOWN_DISK, ``subject`` the disk); one attached to another VM is refused (BUSY, ``subject``
+        the disk); already attached to ``vm``: done, note NOTHING_CHANGED."""
+        self._unsupported("attach a data disk")
+
+    def detach_disk(self, name: str) -> Outcome:
+        """Detach disk ``name`` from the VM it is attached to, which keeps running."""
+        self._unsupported("detach a data disk")
+
+    def delete_disk(self, name: str) -> Outcome:
+        """Delete disk ``name`` and its file; an attached disk is refused (BUSY, ``subject`` the disk)."""
+        self._unsupported("delete a data disk")
+
+    def list_disks(self) -> Outcome:
+        """``data``: one dict per disk the product knows: {"name", "size" (bytes), "vm" (None: detached)}."""
+        self._unsupported("list data disks")
 
     # -- VM snapshots --------------------------------------------------------------------
     def save_snapshot(self, name: str, tag: str) -> Outcome:

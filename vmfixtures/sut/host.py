@@ -17,6 +17,8 @@ from pathlib import Path
 import psutil
 import yaml
 
+from ..procs import ProcessId
+
 # A snapshot folder still being written carries one of these marks in its name
 # (vmfixtures: "-partial"; rsync-based tools commonly ".partial", ".tmp", ".inprogress").
 PARTIAL = re.compile(r"(partial|\.tmp$|-tmp$|inprogress|incomplete)", re.IGNORECASE)
@@ -130,6 +132,19 @@ class Host:
         return found
 
     @classmethod
+    def vm_process_id(cls, folder: Path) -> ProcessId:
+        """Pid and start time of the one VM process of the VM in ``folder``: a restarted VM differs in either."""
+        return ProcessId.of(cls.vm_pid(folder))
+
+    @classmethod
+    def vm_open_disks(cls, folder: Path) -> set[Path]:
+        """qcow2 files the VM process of the VM in ``folder`` holds open outside that folder (its data
+        disks, as the kernel's file table says)."""
+        proc = psutil.Process(cls.vm_pid(folder))
+        inside = str(Path(folder).resolve()) + "/"
+        return {Path(f.path) for f in proc.open_files() if f.path.endswith(".qcow2") and not f.path.startswith(inside)}
+
+    @classmethod
     def vm_pid(cls, folder: Path) -> int:
         """The one VM process of the VM in ``folder``; AssertionError when there is none or several."""
         procs = cls.vm_processes(folder)
@@ -178,6 +193,12 @@ class Host:
             if len(fields) >= 3:
                 found[fields[1].replace("\\040", " ")] = fields[2]
         return found
+
+    @staticmethod
+    def guest_block_devices(machine) -> dict[str, int]:
+        """Block device -> size in bytes, as the guest kernel lists them in its own /sys/block."""
+        out = machine.succeed('for d in /sys/block/*; do echo "${d##*/} $(cat "$d/size")"; done')
+        return {name: int(sectors) * 512 for name, sectors in (line.split() for line in out.splitlines() if line.strip())}
 
     @staticmethod
     def guest_resources(machine) -> dict[str, int]:

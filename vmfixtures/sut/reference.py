@@ -20,13 +20,13 @@ import yaml
 from .. import __version__
 from .base import (BAD_CONFIG, BROKEN_CHAIN, BUSY, CORRUPT, DONE, EXISTS, FAILED, MISMATCH, MISSING_ARTIFACT,
                    MISSING_SOURCE, MISSING_TOOL, NO_TUNNEL, NOT_RUNNING, NOT_WRITABLE, NOTHING_CHANGED, REFUSED,
-                   UNKNOWN_AGENT, UNKNOWN_SNAPSHOT, UNKNOWN_VM, UNSUPPORTED, Outcome, Product)
+                   UNKNOWN_AGENT, UNKNOWN_DISK, UNKNOWN_SNAPSHOT, UNKNOWN_VM, UNSUPPORTED, Outcome, Product)
 from .base import MISSING_PATH, UNKNOWN_USER
 
 # vmfixtures --help: exit codes, and what each means to the specification. 8 ("the guest or QEMU
 # refused a request") has no one meaning: its kinds are told apart by the message below.
 EXIT_REFUSALS = {2: BAD_CONFIG, 3: UNKNOWN_VM, 4: MISMATCH, 5: MISSING_TOOL, 6: NOT_WRITABLE, 9: NO_TUNNEL,
-                 10: UNSUPPORTED}
+                 10: UNSUPPORTED, 11: BUSY}
 # Finer kinds, told apart by the message (the wording is this product's own): a regular expression
 # on stderr (its ``subject`` group names what the refusal is about, ``holder`` a pid), the kind, and
 # the exit codes the message counts under (None: any). The first that matches decides.
@@ -44,6 +44,8 @@ MESSAGE_REFUSALS = (
     (r"has no (?:folder|file) (?P<subject>/\S*?)(?: \(|$)", MISSING_PATH, {3}),
     (r"guest user '(?P<subject>[^']+)' may not", NOT_WRITABLE, {6}),
     (r"architecture (?P<subject>\S+) cannot run here", UNSUPPORTED, {10}),
+    (r"no disk named '(?P<subject>[^']+)'", UNKNOWN_DISK, {3}),
+    (r"disk '(?P<subject>[^']+)' is attached to VM '[^']+'", BUSY, {11}),
     (r"VM '(?P<subject>[^']+)' is not running", NOT_RUNNING, {8}),
     (r"unmounting (?P<subject>\S+) in VM '[^']+' failed", BUSY, {8}),
     (r"host port (?P<subject>\S+) is already in use by pid (?P<holder>\d+)", BUSY, {9}),
@@ -58,6 +60,8 @@ CONFIG_ERROR = re.compile(r"vmfixtures: error: (?P<file>/[^:\n]+):(?:(?P<line>\d
 DIFFERENCE = re.compile(r"^\s*(?P<field>[a-z_]+): existing (?P<existing>.+?), requested (?P<requested>.+?)\s*$", re.MULTILINE)
 # Remarks on a done command: (regex on stdout, note); ``subject`` names what was already there.
 DONE_NOTES = ((r"nothing changed", NOTHING_CHANGED),
+              (r"disk '(?P<subject>[^']+)' is (?:already attached to VM '[^']+'|not attached); nothing to do",
+               NOTHING_CHANGED),
               (r"VM '(?P<subject>[^']+)' already exists \(\w+\) with the same spec; nothing to do", EXISTS),
               (r"(?P<subject>\S+) exists; left untouched", EXISTS))
 SNAPSHOT_FORMAT = "%Y%m%dT%H%M%S.%f"  # backups/folders.py names snapshots by their start time
@@ -69,7 +73,7 @@ class Vmfixtures(Product):
     name = "vmfixtures"
     distribution = "vmfixtures"  # the installed package whose version it reports
     supports = frozenset({"backups", "disk-backups", "vm-snapshots", "lifecycle", "daemon", "mounts", "agents",
-                          "forwarding", "connectivity", "observer", "cli",
+                          "forwarding", "connectivity", "observer", "cli", "disks",
                           "files"})
 
     snapshot_format = SNAPSHOT_FORMAT
@@ -310,6 +314,25 @@ class Vmfixtures(Product):
 
     def restore_disk_backup(self, chain: Path, new_name: str) -> Outcome:
         return self.on_config("vm restore-backup", "vm", "restore-backup", str(chain), new_name)
+
+    # -- data disks ----------------------------------------------------------------
+    def create_disk(self, name: str, size: int) -> Outcome:
+        return self.run("disk create", "disk", "create", name, "--size", str(size))
+
+    def attach_disk(self, name: str, vm: str) -> Outcome:
+        return self.run("disk attach", "disk", "attach", name, "--vm", vm)
+
+    def detach_disk(self, name: str) -> Outcome:
+        return self.run("disk detach", "disk", "detach", name)
+
+    def delete_disk(self, name: str) -> Outcome:
+        return self.run("disk rm", "disk", "rm", name)
+
+    def list_disks(self) -> Outcome:
+        o = _with_json(self.run("disk ls", "disk", "ls", "--json"))
+        if o.done:
+            o.data = [{"name": d["name"], "size": d["size"], "vm": d["attached_to"]} for d in o.data]
+        return o
 
     # -- VM snapshots ----------------------------------------------------------------
     def save_snapshot(self, name: str, tag: str) -> Outcome:
