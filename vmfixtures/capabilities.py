@@ -91,7 +91,14 @@ def probe_systemd() -> Capability:
     return Capability(True)
 
 
-PROBES = {"systemd": probe_systemd, "qemu": probe_qemu, "multipass": probe_multipass, "libvirt": probe_libvirt, "claude": probe_claude}
+def probe_root() -> Capability:
+    if os.geteuid() != 0:
+        return Capability(False, f"this run is uid {os.geteuid()}: network namespaces for test services "
+                                 "and nftables rules need root")
+    return Capability(True)
+
+
+PROBES = {"root": probe_root, "systemd": probe_systemd, "qemu": probe_qemu, "multipass": probe_multipass, "libvirt": probe_libvirt, "claude": probe_claude}
 
 
 def probe(name: str, accel_name: str | None = None, backend=None) -> Capability:

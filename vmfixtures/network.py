@@ -244,3 +244,38 @@ def _write(path: Path, data: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data))
     os.replace(tmp, path)
+
+
+def describe(driver, name: str) -> dict:
+    """A VM's network as `vmfixtures vm info` reports it: profile, allow-list, forwards, and (while
+    it runs) the addresses the guest agent reports for the guest's interfaces."""
+    spec = driver.spec(name).network
+    state = driver.state(name).value
+    info = {"name": name, "state": state, "profile": spec.profile, "allow": list(spec.allow),
+            "gateway": GATEWAY, "addresses": [], "forwards": []}
+    run = driver.run_info(name) if state == "running" else None
+    if not run:
+        return info
+    if run.get("ssh_port"):
+        info["forwards"].append({"host": f"127.0.0.1:{run['ssh_port']}", "guest": 22, "what": "ssh"})
+    for iface in driver.machine(name).agent.call("guest-network-get-interfaces") or []:
+        if iface.get("name") == "lo":
+            continue
+        for addr in iface.get("ip-addresses") or []:
+            if addr.get("ip-address-type") == "ipv4":
+                info["addresses"].append({"interface": iface["name"],
+                                          "address": f"{addr['ip-address']}/{addr.get('prefix')}"})
+    return info
+
+
+def describe_text(info: dict) -> str:
+    """Human lines for `vmfixtures vm info`."""
+    allow = f" (outbound TCP ports {', '.join(map(str, info['allow']))}; DNS)" if info["profile"] == "filtered" else ""
+    lines = [f"{info['name']}: {info['state']}, network {info['profile']}{allow}"]
+    for a in info["addresses"]:
+        lines.append(f"  address  {a['address']} on {a['interface']}, gateway {info['gateway']}")
+    for f in info["forwards"]:
+        lines.append(f"  forward  {f['host']} -> guest port {f['guest']} ({f['what']})")
+    if info["state"] != "running":
+        lines.append("  (addresses and forwards are shown while the VM runs)")
+    return "\n".join(lines)

@@ -17,7 +17,8 @@ def project_status(driver, config: Config) -> list[dict]:
     rows = []
     for name, spec in config.vms.items():
         row = existing.get(name) or {"name": name, "state": "missing", "cpus": spec.cpus,
-                                     "memory": format_size(spec.memory), "disk": format_size(spec.disk)}
+                                     "memory": format_size(spec.memory), "disk": format_size(spec.disk),
+                                     "network": spec.network.profile}
         running = row["state"] == "running"
         in_guest = Mounts(driver, name).guest_mounts() if running else {}
         row["mounts"] = []
@@ -42,7 +43,8 @@ def describe(rows: list[dict]) -> str:
     lines = []
     for r in rows:
         where = f"  {r.get('accel', '')}  ssh 127.0.0.1:{r['ssh_port']}" if r.get("ssh_port") else ""
-        lines.append(f"{r['name']:<12} {r['state']:<8} {r['cpus']} cpu  {r['memory']}  {r['disk']}{where}")
+        lines.append(f"{r['name']:<12} {r['state']:<8} {r['cpus']} cpu  {r['memory']}  {r['disk']}  "
+                     f"network {r.get('network', 'nat')}{where}")
         for m in r["mounts"]:
             lines.append(f"  mount  {m['source']} -> {m['target']}  {'mounted' if m['mounted'] else 'not mounted'}"
                          f"  last backup {m['last_backup'] or 'none'}")

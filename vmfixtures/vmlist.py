@@ -11,7 +11,8 @@ def describe_vms(driver) -> list[dict]:
     for name in driver.names():
         spec = driver.spec(name)
         row = {"name": name, "state": driver.state(name).value, "cpus": spec.cpus,
-               "memory": format_size(spec.memory), "disk": format_size(spec.disk), "image": spec.image}
+               "memory": format_size(spec.memory), "disk": format_size(spec.disk), "image": spec.image,
+               "network": spec.network.profile}
         info = driver.run_info(name) if row["state"] == "running" else None
         if info:
             row.update(pid=info["pid"], accel=info["accel"], ssh_port=info.get("ssh_port"))

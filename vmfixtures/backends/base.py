@@ -64,7 +64,8 @@ class DestroyProof:
 MEMORY_SNAPSHOTS = "memory-snapshots"     # save a running VM's memory, restore clones of it
 DIRTY_BITMAPS = "dirty-bitmap-backups"    # incremental disk backups from QMP dirty bitmaps
 DISK_HOTPLUG = "disk-hotplug"             # attach and detach data disks while the VM runs
-CAPABILITIES = (MEMORY_SNAPSHOTS, DIRTY_BITMAPS, DISK_HOTPLUG)
+NETWORK_PROFILES = "network-profiles"     # nat / filtered / isolated networks (network.py)
+CAPABILITIES = (MEMORY_SNAPSHOTS, DIRTY_BITMAPS, DISK_HOTPLUG, NETWORK_PROFILES)
 
 # Data disks sit in PCI slots of their own, the same one at every boot and in every
 # snapshot (a restored memory image expects its devices where they were).

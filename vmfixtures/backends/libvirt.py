@@ -58,7 +58,7 @@ from ..mounts import kill_helpers
 from ..procs import ProcessId, kill, wait_exit
 from ..progress import Progress
 from ..spec import VMSpec
-from .base import DISK_HOTPLUG, MEMORY_SNAPSHOTS, DataDisk
+from .base import DISK_HOTPLUG, FIRST_DATA_SLOT, MEMORY_SNAPSHOTS, NETWORK_PROFILES, DataDisk
 from .qemu import PREFIX, Boot, QemuBackend, _forwarded_port, _write_json, clear_run_dir, make_run_dir
 
 DEFAULT_URI = "qemu:///system"
@@ -168,7 +168,7 @@ class LibvirtBackend(QemuBackend):
 
     name = "libvirt"
     MEMORY_FILE = "mem.save"  # a libvirt save file: header, domain XML, QEMU's migration stream
-    capabilities = frozenset({MEMORY_SNAPSHOTS, DISK_HOTPLUG})
+    capabilities = frozenset({MEMORY_SNAPSHOTS, DISK_HOTPLUG, NETWORK_PROFILES})
 
     # -- the domain ------------------------------------------------------
     def domain_name(self, name: str) -> str:
@@ -261,8 +261,8 @@ class LibvirtBackend(QemuBackend):
         offset = console_log.stat().st_size if console_log.exists() else 0
         try:
             net = Network(VMSpec.from_dict(meta["spec"]).network, run, name)
-            # The last slot of the PCI bus: libvirt fills slots from the first for its own devices.
-            xml = self.domain_xml(name, net.qemu_args(net.start(), ",bus=pci.0,addr=0x1f"))
+            # A slot libvirt's own devices (filled from the first) never reach, below the data disks'.
+            xml = self.domain_xml(name, net.qemu_args(net.start(), f",bus=pci.0,addr={FIRST_DATA_SLOT - 1:#x}"))
         except BaseException:
             clear_run_dir(vm_dir)
             raise

@@ -69,6 +69,7 @@ from .base import (
     DIRTY_BITMAPS,
     DISK_HOTPLUG,
     MEMORY_SNAPSHOTS,
+    NETWORK_PROFILES,
     Backend,
     CreateResult,
     DataDisk,
@@ -121,7 +122,7 @@ class QemuBackend(Backend):
 
     name = "qemu"
     MEMORY_FILE = "mem.state"  # a QEMU migration stream
-    capabilities = frozenset({MEMORY_SNAPSHOTS, DIRTY_BITMAPS, DISK_HOTPLUG})
+    capabilities = frozenset({MEMORY_SNAPSHOTS, DIRTY_BITMAPS, DISK_HOTPLUG, NETWORK_PROFILES})
 
     def __init__(self, storage: Path | None = None, recipe: Recipe | None = None, quiet: bool = False):
         self.storage = Path(storage) if storage else paths.vms_dir()
@@ -666,13 +667,16 @@ class QemuBackend(Backend):
         return self.wait_restored(name, boot, snap / self.MEMORY_FILE, personalize=False)
 
     def personalize(self, m: Machine, clock: bool = True) -> None:
-        """What must differ between VMs restored from one snapshot: the clock and the hostname.
+        """What must differ between VMs restored from one snapshot: the clock, the kernel's random
+        number generator and the hostname.
 
         The clock is stale right after a restore (it stopped with the snapshot);
         qemu-ga's guest-set-time also runs hwclock in the guest (~0.5 s under TCG),
-        so a VM that idles after its restore is set once, not at every hand-off."""
+        so a VM that idles after its restore is set once, not at every hand-off.
+        The random generator is reseeded then too (``reseed_entropy``)."""
         if clock:
             m.agent.set_time()
+            reseed_entropy(m)
         m.agent.write_file("/proc/sys/kernel/hostname", m.name.encode())
 
     def restart(self, name: str) -> Machine:
@@ -822,6 +826,21 @@ def orphan_qemus(storages, known_pids) -> list[tuple[psutil.Process, str]]:
 
 
 
+
+
+# Mix host randomness into the guest's pool, then RNDRESEEDCRNG (_IO('R', 0x07)): the kernel rekeys its
+# generator from the pool at once. perl is in every Debian system (perl-base is essential).
+_RESEED = ('open(my $r, "+<", "/dev/urandom") or die "$!"; binmode STDIN; read(STDIN, my $s, 64) == 64 or die "seed"; '
+           'syswrite($r, $s) == 64 or die "$!"; ioctl($r, 0x5207, 0) or die "reseed: $!"')
+
+
+def reseed_entropy(m: Machine) -> None:
+    """Give a restored guest a random generator of its own. VMs restored from one memory snapshot
+    share the kernel's generator state (this guest kernel has no VM-generation-ID driver to notice
+    the restore), so siblings drew the same UUIDs and keys until the kernel happened to reseed."""
+    r = m.execute(["perl", "-e", _RESEED], input=os.urandom(64), timeout=30)
+    if not r.ok:
+        raise GuestError(f"VM '{m.name}': reseeding the guest's random generator failed: {r.stderr.strip()[:200]}")
 
 
 def runtime_root() -> Path:

@@ -42,7 +42,9 @@ class Placed:
 
 
 def pool_key(spec: VMSpec, image_key: str, backend: str = "qemu") -> str:
-    fields = {"image": image_key, "cpus": spec.cpus, "memory": spec.memory, "disk": spec.disk, "image_name": spec.image}
+    # The network is part of the VM's hardware and of what the snapshot's QEMU was started with.
+    fields = {"image": image_key, "cpus": spec.cpus, "memory": spec.memory, "disk": spec.disk, "image_name": spec.image,
+              "network": spec.network.to_config()}
     if backend != "qemu":  # qemu's keys predate backends; keep them valid
         fields["backend"] = backend
     body = json.dumps(fields, sort_keys=True)
@@ -105,7 +107,8 @@ class Pool:
             if (final / "snapshot.json").is_file():
                 return final, False
             name = f"tmpl-{key}"
-            template = VMSpec(name=name, cpus=spec.cpus, memory=spec.memory, disk=spec.disk, image=spec.image)
+            template = VMSpec(name=name, cpus=spec.cpus, memory=spec.memory, disk=spec.disk, image=spec.image,
+                              network=spec.network)
             tmp = self.snapshots / f"{key}.partial"
             shutil.rmtree(tmp, ignore_errors=True)
             vm_id = self.ledger.add_vm(str(driver.storage), name, template.to_dict(), "creating", source="boot",

@@ -1,0 +1,58 @@
+"""Network profiles: the config's forms, its refusals, and the firewall a filtered VM gets."""
+
+import pytest
+
+from vmfixtures.errors import ConfigError
+from vmfixtures.network import DEFAULT_ALLOW, NetworkSpec, _ruleset, describe_text, parse_network
+from vmfixtures.spec import VMSpec
+
+
+@pytest.mark.parametrize("raw, expected", [
+    (None, NetworkSpec("nat", ())),
+    ("nat", NetworkSpec("nat", ())),
+    ("isolated", NetworkSpec("isolated", ())),
+    ("filtered", NetworkSpec("filtered", DEFAULT_ALLOW)),
+    ({"profile": "filtered", "allow": [443, 80, 443]}, NetworkSpec("filtered", (80, 443))),
+])
+def test_forms(raw, expected):
+    assert parse_network(raw, "vms.a.network") == expected
+
+
+@pytest.mark.parametrize("raw, field", [
+    ("open", "vms.a.network.profile"),
+    ({"profile": "filtered", "allow": []}, "vms.a.network.allow"),
+    ({"profile": "filtered", "allow": [0]}, "vms.a.network.allow[0]"),
+    ({"profile": "filtered", "allow": [True]}, "vms.a.network.allow[0]"),
+    ({"profile": "filtered", "allow": [22, "ssh"]}, "vms.a.network.allow[1]"),
+    ({"profile": "nat", "allow": [22]}, "vms.a.network.allow"),
+    ({"profile": "nat", "ports": [22]}, "vms.a.network.ports"),
+    (["nat"], "vms.a.network"),
+])
+def test_refusals_name_the_field(raw, field):
+    with pytest.raises(ConfigError) as e:
+        parse_network(raw, "vms.a.network")
+    assert str(e.value).startswith(f"{field}:")
+
+
+def test_spec_round_trip_and_mismatch():
+    a = VMSpec("a", network=NetworkSpec("filtered", (443,)))
+    assert VMSpec.from_dict(a.to_dict()) == a
+    assert VMSpec.from_dict({"name": "a"}).network == NetworkSpec()  # records from before profiles
+    assert any(d.startswith("network:") for d in VMSpec("a").differences(a))
+
+
+def test_filtered_rules_match_only_the_vms_group_and_allow_only_its_ports():
+    rules = _ruleset("vmfx_2000000007", 2000000007, (22, 443))
+    lines = [l.strip() for l in rules.splitlines() if "skgid" in l]
+    assert all("meta skgid 2000000007" in l for l in lines)
+    assert "tcp dport { 22, 443 } accept" in rules
+    assert lines[0].endswith("ct state established,related accept")
+    assert lines[-1].endswith("reject")  # anything not allowed above is refused
+
+
+def test_info_text_says_profile_and_forwards():
+    text = describe_text({"name": "a", "state": "running", "profile": "filtered", "allow": [443],
+                          "gateway": "10.0.2.2", "addresses": [{"interface": "eth0", "address": "10.0.2.15/24"}],
+                          "forwards": [{"host": "127.0.0.1:2222", "guest": 22, "what": "ssh"}]})
+    assert "network filtered (outbound TCP ports 443; DNS)" in text
+    assert "10.0.2.15/24 on eth0" in text and "127.0.0.1:2222 -> guest port 22 (ssh)" in text
