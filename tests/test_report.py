@@ -303,3 +303,20 @@ def test_the_living_spec_shows_scenarios_status_per_run_and_seed_rules(tmp_path)
     assert "[1] no snap here" in text
     with pytest.raises(ConfigError, match="no feature files"):
         living.write(tmp_path / "nowhere", files, tmp_path / "x.md")
+
+
+def test_several_runs_share_one_environment_in_the_report(tmp_path, fixture_results):
+    qemu, libvirt = tmp_path / "qemu", tmp_path / "libvirt"
+    for folder, extra in ((qemu, ""), (libvirt, "libvirt=9.0.0 at qemu:///system\n")):
+        folder.mkdir()
+        backend = folder.name
+        (folder / "environment.properties").write_text(f"backend={backend}\nhost.cores=2\n{extra}")
+    env = render.merged_environment([qemu, libvirt])
+    assert env == {"backend": "qemu | libvirt", "host.cores": "2", "libvirt": "libvirt: 9.0.0 at qemu:///system"}
+
+    allure_installed()
+    (libvirt / "x-result.json").write_text((next(fixture_results.glob("*-result.json"))).read_text())
+    index = render.render([fixture_results, libvirt], tmp_path / "report")
+    assert index.is_file()
+    assert not list(tmp_path.glob(".allure-staging-*")), "the staging folder is removed"
+    assert "x-result.json" not in {p.name for p in fixture_results.iterdir()}, "the results folders are untouched"

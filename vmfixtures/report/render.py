@@ -63,6 +63,57 @@ def _categories(folders: list[Path]) -> list[dict]:
     return CATEGORIES
 
 
+def _properties(path: Path) -> dict[str, str]:
+    found = {}
+    if path.is_file():
+        for line in path.read_text(errors="replace").splitlines():
+            key, sep, value = line.partition("=")
+            if sep and not key.lstrip().startswith(("#", "!")):
+                found[key.strip()] = value.strip()
+    return found
+
+
+def merged_environment(folders: list[Path]) -> dict[str, str]:
+    """One environment for several runs: a fact they share once, a fact that differs per run
+    (``backend=qemu | libvirt``, ``libvirt=libvirt: 9.0.0``). Allure shows one folder's otherwise."""
+    runs = []
+    for folder in folders:
+        props = _properties(folder / "environment.properties")
+        if props:
+            label = props.get("backend", folder.name)
+            if props.get("product", "vmfixtures") != "vmfixtures":
+                label = f"{props['product']}-{label}"
+            runs.append((label, props))
+    merged = {}
+    for key in dict.fromkeys(k for _, props in runs for k in props):
+        values = [(label, props.get(key)) for label, props in runs]
+        if all(v == values[0][1] for _, v in values):
+            merged[key] = values[0][1]
+        elif key == "backend":
+            merged[key] = " | ".join(v for _, v in values if v)
+        else:
+            merged[key] = " | ".join(f"{label}: {v}" for label, v in values if v is not None)
+    return merged
+
+
+def _stage(folders: list[Path], staging: Path) -> Path:
+    """Several result folders as one (hard links, so nothing is copied), with one environment."""
+    for folder in folders:
+        for item in folder.iterdir():
+            if item.is_file() and item.name not in ("environment.properties", "executor.json", "categories.json"):
+                try:
+                    os.link(item, staging / item.name)
+                except OSError:  # another file system
+                    shutil.copy2(item, staging / item.name)
+    env = merged_environment(folders)
+    if env:
+        (staging / "environment.properties").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+    executors = [folder / "executor.json" for folder in folders if (folder / "executor.json").is_file()]
+    if executors:
+        shutil.copy2(executors[0], staging / "executor.json")
+    return staging
+
+
 def render(results: list[Path], out: Path, name: str = "vmfixtures specification",
            timeout: float = 300.0) -> Path:
     """Render ``results`` (one or more folders) into ``out/index.html``; returns that path.
@@ -74,6 +125,13 @@ def render(results: list[Path], out: Path, name: str = "vmfixtures specification
     command = allure_command()
     out = Path(out).absolute()
     out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".allure-staging-", dir=out.parent) as staging:
+        if len(folders) > 1:
+            folders = [_stage(folders, Path(staging))]
+        return _generate(command, folders, out, name, timeout)
+
+
+def _generate(command: list[str], folders: list[Path], out: Path, name: str, timeout: float) -> Path:
     config = {"name": name, "output": str(out), "historyPath": str(out / "history.jsonl"),
               "historyLimit": HISTORY_LIMIT, "categories": _categories(folders),
               "plugins": {"awesome": {"options": {"singleFile": True, "groupBy": ["feature"]}},
