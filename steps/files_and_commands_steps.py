@@ -134,6 +134,7 @@ def step_memory_bounded(context, limit):
 
 
 @then('the copy is refused because the guest folder "{path:Q}" does not exist')
+@then('the command is refused because the guest folder "{path:Q}" does not exist')
 def step_refused_guest_folder(context, path):
     o = context.outcome
     assert o.refused_for(MISSING_PATH, path), f"expected a refusal naming the missing guest folder {path}; {o.describe()}"
@@ -203,12 +204,6 @@ def step_command_failed(context, code, text):
     o = context.outcome
     assert o.done and o.data["exit_code"] == code and text in o.stderr, \
         f"expected the command to run and fail with exit code {code} and {text!r} on its error output; {o.describe()}"
-
-
-@then('the command is refused because the guest folder "{path:Q}" does not exist')
-def step_command_no_folder(context, path):
-    o = context.outcome
-    assert o.refused_for(MISSING_PATH, path), f"expected a refusal naming the missing folder {path}; {o.describe()}"
 
 
 @then('the command is refused because the guest has no user "{user:Q}"')

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import Unsupported
 from ..guest.files import download, host_source, parse_pair, upload
 from ..spec import check_user
 from .common import vm_backend
@@ -17,6 +18,8 @@ def cmd_cp(args) -> int:
     driver = vm_backend(args, vm)
     user = check_user(args.user, "--user") if args.user else driver.spec(vm).user  # NotFound for an unknown VM
     machine = driver.machine(vm)
+    if not machine.ssh_port:
+        raise Unsupported(f"VM '{vm}' has no SSH port forward ({driver.name} backend), which cp copies over")
     if dst.vm:
         written, size = upload(machine, Path(src.path), dst.path, user, timeout=args.timeout)
         print(f"copied {src.path} -> {vm}:{written} ({size} bytes)")
