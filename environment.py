@@ -260,7 +260,7 @@ def after_scenario(context, scenario):
 def _after_scenario(context, scenario):
     if not hasattr(context, "fixtures"):
         return
-    if scenario.status == "failed":
+    if scenario.status.has_failed():  # failed, or a step raised something other than an assertion
         _attach_consoles(context, scenario)
         _attach_run_evidence(context, scenario)
     shared = context.lease is not None and context.lease == context.feature_lease
