@@ -199,6 +199,26 @@ MUTANTS = [
            '        row = {**(existing.get(name) or {"name": name, "state": "missing"}), "cpus": spec.cpus,\n'
            '               "memory": format_size(spec.memory), "disk": format_size(spec.disk)}\n',
            _sel("connectivity.feature", "The status shows each VM with its mounts")),
+    Mutant("cp-drops-mode",
+           "cp into a VM leaves the copy with the guest's default mode instead of the source's",
+           "vmfixtures/guest/files.py",
+           "            await sftp.chmod(tmp, mode)\n", "            await sftp.chmod(tmp, 0o644)\n",
+           _sel("files_and_commands.feature", "A file copied into the VM arrives unchanged")),
+    Mutant("cp-copies-first-block",
+           "cp into a VM is a hand-written loop that stops after its first read: files over 64 KiB arrive cut",
+           "vmfixtures/guest/files.py",
+           "            await sftp.put(str(src), tmp, block_size=BLOCK, max_requests=IN_FLIGHT)\n",
+           "            async with sftp.open(tmp, \"wb\") as remote:\n"
+           "                with open(src, \"rb\") as local:\n"
+           "                    await remote.write(local.read(BLOCK))\n",
+           _sel("files_and_commands.feature", "A file copied into the VM arrives unchanged")),
+    Mutant("cp-reads-whole-file",
+           "cp into a VM reads the whole file into memory and writes it in one go (content right, memory not)",
+           "vmfixtures/guest/files.py",
+           "            await sftp.put(str(src), tmp, block_size=BLOCK, max_requests=IN_FLIGHT)\n",
+           "            async with sftp.open(tmp, \"wb\") as remote:\n"
+           "                await remote.write(Path(src).read_bytes())\n",
+           _sel("files_and_commands.feature", "A large file is streamed in and out")),
 ]
 
 
