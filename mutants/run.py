@@ -219,6 +219,23 @@ MUTANTS = [
            "            async with sftp.open(tmp, \"wb\") as remote:\n"
            "                await remote.write(Path(src).read_bytes())\n",
            _sel("files_and_commands.feature", "A large file is streamed in and out")),
+    Mutant("disk-detach-forgets-only",
+           "detaching a disk from a running VM drops it from the records but never unplugs it",
+           "vmfixtures/disks.py",
+           "                    backend.detach_disk(vm, disk)\n", "                    pass\n",
+           _sel("disks.feature", "A detached disk disappears from the guest")),
+    Mutant("disk-attach-skips-device-add",
+           "attaching a disk adds QEMU's block node but no device: recorded as attached, the guest never sees it",
+           "vmfixtures/backends/qemu.py",
+           "                _qmp_do(qmp, name, f\"attach disk '{disk.name}'\", \"device_add\", driver=\"virtio-blk-pci\",\n"
+           "                        drive=disk.device_id, id=disk.device_id, addr=f\"{disk.slot:#x}\")\n",
+           "                pass\n",
+           _sel("disks.feature", "A disk attached to a running VM appears in its guest")),
+    Mutant("disk-rm-while-attached",
+           "removing a disk does not ask whether a VM has it attached: the file goes from under the guest",
+           "vmfixtures/disks.py",
+           "            if holder:\n                raise InUse(", "            if False:\n                raise InUse(",
+           _sel("disks.feature", "Deleting a disk that is attached is refused")),
 ]
 
 

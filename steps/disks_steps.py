@@ -68,6 +68,7 @@ def _wait(condition, timeout, what):
 
 # -- acting through the product ----------------------------------------------------------------
 @given('the operator created the disk "{disk}" of {size}')
+@when('the operator creates the disk "{disk}" of {size}')
 def step_created(context, disk, size):
     o = context.sut.create_disk(disk, _bytes(size))
     assert o.done, f"expected the disk '{disk}' created; {o.describe()}"
@@ -75,6 +76,7 @@ def step_created(context, disk, size):
 
 
 @when('the operator attaches the disk "{disk}" to "{vm}"')
+@given('the operator attached the disk "{disk}" to "{vm}"')
 def step_attach(context, disk, vm):
     _witness_vm(context, vm)
     before = set(_devices(context, vm))
@@ -99,6 +101,7 @@ def _seen_attached(context, disk, vm, before, files_before):
 
 
 @when('the operator detaches the disk "{disk}"')
+@given('the operator detached the disk "{disk}"')
 def step_detach(context, disk):
     info = _disks(context).get(disk, {})
     if info.get("vm"):
@@ -139,6 +142,7 @@ def step_sees_new(context, vm, disk, size):
 
 
 @then('the guest of "{vm}" still sees the disk "{disk}"')
+@then('the guest of "{vm}" sees the disk "{disk}"')
 def step_still_sees(context, vm, disk):
     device = _disks(context)[disk]["device"]
     devices = _devices(context, vm)
@@ -165,6 +169,7 @@ def step_no_new(context, vm):
 
 
 @given('the guest of "{vm}" wrote the note "{note}" on the disk "{disk}"')
+@when('the guest of "{vm}" writes the note "{note}" on the disk "{disk}"')
 def step_write_note(context, vm, disk, note):
     device = _disks(context)[disk]["device"]
     _guest(context, vm).succeed(f"mkfs.ext4 -q -F /dev/{device} && mkdir -p {MOUNT} && mount /dev/{device} {MOUNT} "
