@@ -23,10 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vmfixtures.backends import open_backend  # noqa: E402
-from vmfixtures.guest.files import download, upload  # noqa: E402
-from vmfixtures.spec import VMSpec  # noqa: E402
-from vmfixtures.sut.host import Host  # noqa: E402
+from vmfixtures.backends import open_backend
+from vmfixtures.guest.files import download, upload
+from vmfixtures.spec import VMSpec
+from vmfixtures.sut.host import Host
 
 
 def agent_write(agent, src: Path, path: str, chunk: int) -> None:
@@ -75,8 +75,8 @@ def main() -> int:
             m = driver.machine("bench")
             print(f"{args.backend}, {args.mib} MiB of random data, MB/s (higher is better):")
             for chunk in (48 * 1024, 1024**2):
-                w = timed(lambda: agent_write(m.agent, src, "/root/a.bin", chunk))
-                r = timed(lambda: agent_read(m.agent, "/root/a.bin", chunk))
+                w = timed(lambda c=chunk: agent_write(m.agent, src, "/root/a.bin", c))
+                r = timed(lambda c=chunk: agent_read(m.agent, "/root/a.bin", c))
                 print(f"  guest agent, {chunk // 1024:>5} KiB chunks   write {size / w / 1e6:6.1f}   read {size / r / 1e6:6.1f}")
             m.ssh.connect(60)
             w = timed(lambda: upload(m, src, "/root/b.bin"))

@@ -18,7 +18,7 @@ def run(tmp_path, *argv):
     env = {"VMFIXTURES_STATE_DIR": str(tmp_path / "state"), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
            "VMFIXTURES_DAEMON": "off"}
     return subprocess.run([sys.executable, "-m", "vmfixtures", *argv], cwd=tmp_path, env=env,
-                          capture_output=True, text=True)
+                          check=False, capture_output=True, text=True)
 
 
 # -- where a copy goes -------------------------------------------------------------------
@@ -92,12 +92,12 @@ def test_user_folder_and_environment_wrap_in_that_order():
 def test_wrapper_changes_folder_then_execs(tmp_path):
     """The wrapper itself, run by the host's sh: folder, arguments kept apart, exit code kept."""
     argv = commands.command_argv(["sh", "-c", 'pwd; printf "%s|" "$@"; exit 7', "x", "a b", "c"], cwd=str(tmp_path))
-    r = subprocess.run(argv, capture_output=True, text=True)
+    r = subprocess.run(argv, check=False, capture_output=True, text=True)
     assert (r.returncode, r.stdout) == (7, f"{tmp_path}\na b|c|")
 
 
 def test_wrapper_reports_a_missing_command_as_127():
-    r = subprocess.run(commands.command_argv(["no-such-command-here"]), capture_output=True, text=True)
+    r = subprocess.run(commands.command_argv(["no-such-command-here"]), check=False, capture_output=True, text=True)
     assert r.returncode == 127
 
 
