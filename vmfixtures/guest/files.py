@@ -3,8 +3,8 @@
 The channel is SFTP over the VM's SSH forward, not the guest agent's
 guest-file-write: measured here under TCG (bench/transfer.py), the agent
 writes ~3 MB/s (every chunk is base64 in a JSON line that qemu-ga parses
-in emulated code) and reads ~12 MB/s, SFTP ~15 MB/s both ways with up to
-128 requests of 16 KiB in flight. Both stream; both exist on the qemu and
+in emulated code) and reads ~14 MB/s, SFTP writes ~13 and reads ~18 MB/s
+with 16 requests of 64 KiB in flight. Both stream; both exist on the qemu and
 libvirt backends (libvirt forwards the SSH port too, and serialises the agent
 behind its own API).
 
