@@ -91,13 +91,26 @@ def _seen_attached(context, disk, vm, before, files_before):
     file the VM process opened for it (its other open images, backing files included, were open before)."""
     info = _disks(context).setdefault(disk, {})
     new = _wait(lambda: set(_devices(context, vm)) - before, 30, "a new block device")
-    assert len(new) == 1, f"expected one new block device in the guest of '{vm}' after attaching '{disk}', " \
-                          f"saw {sorted(new)} (before: {sorted(before)}); {context.outcome.describe()}"
-    info["device"], info["vm"] = new.pop(), vm
     opened = context.host.vm_open_disks(_folder(context, vm)) - files_before
-    assert len(opened) == 1, f"expected the VM process of '{vm}' to open one new disk file for '{disk}', it " \
-                             f"opened {sorted(map(str, opened))}; {context.outcome.describe()}"
-    info["file"] = opened.pop()
+    info.update(vm=vm, device=next(iter(new)) if len(new) == 1 else None,
+                file=next(iter(opened)) if len(opened) == 1 else None,
+                seen=f"new guest devices {sorted(new)} (before: {sorted(before)}), new files the VM process "
+                     f"opened {sorted(map(str, opened))}")
+
+
+def _device(context, disk):
+    """The guest device the host saw appear for ``disk``; fails naming what was seen instead."""
+    info = _disks(context).get(disk, {})
+    assert info.get("device"), f"expected one new block device for the disk '{disk}' in its guest: " \
+                               f"{info.get('seen', 'never attached')}; {context.outcome.describe()}"
+    return info["device"]
+
+
+def _file(context, disk):
+    info = _disks(context).get(disk, {})
+    assert info.get("file"), f"expected the VM process to have opened one new file for the disk '{disk}': " \
+                             f"{info.get('seen', 'never attached')}; {context.outcome.describe()}"
+    return info["file"]
 
 
 @when('the operator detaches the disk "{disk}"')
@@ -119,6 +132,7 @@ def step_is_attached(context, disk, size, vm):
     step_created(context, disk, size)
     step_attach(context, disk, vm)
     assert context.outcome.done, f"expected the disk '{disk}' attached to '{vm}'; {context.outcome.describe()}"
+    _device(context, disk), _file(context, disk)
 
 
 @given('the disk "{disk}" of {size} was attached to "{vm}" and detached again')
@@ -134,17 +148,16 @@ def step_was_attached(context, disk, size, vm):
 def step_sees_new(context, vm, disk, size):
     o = context.outcome
     assert o.done, f"expected the disk '{disk}' attached; {o.describe()}"
-    info = _disks(context).get(disk, {})
-    assert info.get("device"), f"expected a new block device in the guest of '{vm}'; {o.describe()}"
-    seen = _devices(context, vm).get(info["device"])
-    assert seen == _bytes(size), f"expected /dev/{info['device']} of {_bytes(size)} bytes in the guest of " \
+    device = _device(context, disk)
+    seen = _devices(context, vm).get(device)
+    assert seen == _bytes(size), f"expected /dev/{device} of {_bytes(size)} bytes in the guest of " \
                                  f"'{vm}', its /sys/block says {seen}"
 
 
 @then('the guest of "{vm}" still sees the disk "{disk}"')
 @then('the guest of "{vm}" sees the disk "{disk}"')
 def step_still_sees(context, vm, disk):
-    device = _disks(context)[disk]["device"]
+    device = _device(context, disk)
     devices = _devices(context, vm)
     assert device in devices, f"expected /dev/{device} (disk '{disk}') still in the guest of '{vm}', it has " \
                               f"{sorted(devices)}; {context.outcome.describe()}"
@@ -153,7 +166,7 @@ def step_still_sees(context, vm, disk):
 @then('the guest of "{vm}" no longer sees the disk "{disk}"')
 def step_gone_from_guest(context, vm, disk):
     assert context.outcome.done, f"expected the disk '{disk}' detached; {context.outcome.describe()}"
-    device = _disks(context)[disk]["device"]
+    device = _device(context, disk)
     gone = _wait(lambda: device not in _devices(context, vm), 30, "the device gone")
     assert gone, f"expected /dev/{device} (disk '{disk}') gone from the guest of '{vm}' after detaching, it is " \
                  f"still in its /sys/block; {context.outcome.describe()}"
@@ -171,7 +184,7 @@ def step_no_new(context, vm):
 @given('the guest of "{vm}" wrote the note "{note}" on the disk "{disk}"')
 @when('the guest of "{vm}" writes the note "{note}" on the disk "{disk}"')
 def step_write_note(context, vm, disk, note):
-    device = _disks(context)[disk]["device"]
+    device = _device(context, disk)
     _guest(context, vm).succeed(f"mkfs.ext4 -q -F /dev/{device} && mkdir -p {MOUNT} && mount /dev/{device} {MOUNT} "
                                 f"&& echo '{note}' > {MOUNT}/note.txt && umount {MOUNT} && sync")
 
@@ -179,7 +192,7 @@ def step_write_note(context, vm, disk, note):
 @then('the guest of "{vm}" reads the note "{note}" from the disk "{disk}"')
 def step_read_note(context, vm, disk, note):
     assert context.outcome.done, f"expected the last action done; {context.outcome.describe()}"
-    device = _disks(context)[disk]["device"]
+    device = _device(context, disk)
     m = _guest(context, vm)
     m.wait_until_succeeds(f"test -b /dev/{device}", timeout=30)
     r = m.execute(f"mkdir -p {MOUNT} && mount -o ro /dev/{device} {MOUNT} && cat {MOUNT}/note.txt; "
@@ -219,13 +232,13 @@ def step_no_restart(context, vm):
 @then('the file of the disk "{disk}" is gone')
 def step_file_gone(context, disk):
     assert context.outcome.done, f"expected the disk '{disk}' deleted; {context.outcome.describe()}"
-    path = _disks(context)[disk]["file"]
+    path = _file(context, disk)
     assert not path.exists(), f"expected {path} (disk '{disk}', as its VM had it open) gone, it is still there"
 
 
 @then('the file of the disk "{disk}" is still there')
 def step_file_there(context, disk):
-    path = _disks(context)[disk]["file"]
+    path = _file(context, disk)
     assert path.is_file(), f"expected {path} (disk '{disk}') still there; {context.outcome.describe()}"
 
 
@@ -264,4 +277,4 @@ def step_plug_behind(context, vm):
 @when('the file of the disk "{disk}" is deleted on the host')
 def step_delete_file(context, disk):
     context.drift_at = time.time()
-    _disks(context)[disk]["file"].unlink()
+    _file(context, disk).unlink()
