@@ -156,16 +156,43 @@ class Mounts:
         write_atomically(self.folder / f"{_key(rec.target)}.json", json.dumps(asdict(rec)))
 
     def _sftp_command(self, source: Path) -> list[str]:
-        # Only the mounted folder is visible (and writable); system files are read-only; no network.
-        cmd = ["bwrap", "--ro-bind", "/usr", "/usr", "--ro-bind", "/etc/passwd", "/etc/passwd",
-               "--ro-bind", "/etc/group", "/etc/group", "--dev", "/dev", "--proc", "/proc"]
+        """The SFTP server, confined: root in the guest can replace sshfs and send it any request
+        (the parent folder, absolute paths, links), so the server itself must see nothing else.
+
+        It sees the mounted folder (writable) and, read-only, the host's system software (/usr and
+        the /lib, /bin links it needs to run) and a passwd/group naming only the host user. No /proc
+        (the server's environment and command line stay unreadable), no other /etc, no home, no
+        network, an empty environment; everything else is a read-only empty tmpfs, so the guest
+        cannot even store files in the sandbox (that would be host memory)."""
+        cmd = ["bwrap", "--ro-bind", "/usr", "/usr", "--ro-bind", str(self._identity("passwd")), "/etc/passwd",
+               "--ro-bind", str(self._identity("group")), "/etc/group", "--dev", "/dev"]
         for link in ("lib", "lib64", "bin", "sbin"):
             if Path(f"/{link}").is_symlink():
                 cmd += ["--symlink", os.readlink(f"/{link}"), f"/{link}"]
             elif Path(f"/{link}").is_dir():
                 cmd += ["--ro-bind", f"/{link}", f"/{link}"]
         # (No --new-session: the server must stay in the helper's process group, which is killed as one.)
-        return cmd + ["--bind", str(source), str(source), "--unshare-all", SFTP_SERVER, "-e", "-d", str(source)]
+        return cmd + ["--bind", str(source), str(source), "--remount-ro", "/", "--unshare-all", "--clearenv",
+                      SFTP_SERVER, "-e", "-d", str(source)]
+
+    def _identity(self, kind: str) -> Path:
+        """A passwd or group file naming only the host user (the SFTP server looks itself up by uid)."""
+        import grp
+        import pwd
+
+        if kind == "passwd":
+            pw = pwd.getpwuid(os.getuid())
+            line = f"{pw.pw_name}:x:{pw.pw_uid}:{pw.pw_gid}::{pw.pw_dir}:/bin/false\n"
+        else:
+            gid = os.getgid()
+            try:
+                name = grp.getgrgid(gid).gr_name
+            except KeyError:
+                name = str(gid)
+            line = f"{name}:x:{gid}:\n"
+        path = self.folder / kind
+        write_atomically(path, line, 0o644)
+        return path
 
     def _ssh_command(self, m, source: Path, target: str) -> list[str]:
         remote = f"exec sshfs -f -o slave :{shlex.quote(str(source))} {shlex.quote(target)}"

@@ -70,6 +70,11 @@ class Outcome:
     def done(self) -> bool:
         return self.status == DONE
 
+    @property
+    def crashed(self) -> bool:
+        """The product died of an unhandled error (a Python traceback) instead of saying what went wrong."""
+        return "Traceback (most recent call last)" in self.stderr
+
     def refused_for(self, kind: str, subject: str | None = None) -> bool:
         """Refused for ``kind`` (and, when given, naming ``subject``)."""
         return self.status == REFUSED and self.refusal == kind and (subject is None or self.subject == subject)
@@ -282,6 +287,23 @@ class Product(ABC):
         ``user`` (the VM's own when None). Done when the command ran, whatever it exited with: ``data``
         is {"exit_code": its exit code}, ``stderr`` its error output; refused when it could not run."""
         self._unsupported("run a command in a VM")
+
+    def start_command(self, name: str, command: list[str]):
+        """``run_command`` as a running process (``.proc`` the product's own, for the host to measure),
+        ended with ``command_ended``."""
+        self._unsupported("run a command in a VM in the background")
+
+    def command_ended(self, run, timeout: float = 120) -> Outcome:
+        self._unsupported("wait for a command")
+
+    # -- the serial console --------------------------------------------------------------
+    def start_console(self, name: str, into: Path):
+        """Print VM ``name``'s serial console into host file ``into``, as a running process (``.proc``
+        the product's own, for the host to measure), ended with ``console_ended``."""
+        self._unsupported("print a VM's console")
+
+    def console_ended(self, run, timeout: float = 120) -> Outcome:
+        self._unsupported("wait for the console to be printed")
 
     # -- port forwarding -----------------------------------------------------------------
     def start_forwarding(self, timeout: float) -> Outcome:

@@ -259,3 +259,72 @@ class Host:
             peak = max(peak, int(m.group(1)) * 1024)
             time.sleep(every)
 
+
+    # -- what an untrusted guest could reach or cost -------------------------------
+    @staticmethod
+    def process_tree(pid: int) -> list[int]:
+        """``pid`` and all its descendants (those still running)."""
+        try:
+            proc = psutil.Process(pid)
+            return [pid, *(c.pid for c in proc.children(recursive=True))]
+        except psutil.NoSuchProcess:
+            return []
+
+    @staticmethod
+    def tcp_listeners(pids) -> list[tuple[str, int, int]]:
+        """(address, port, pid) of each TCP socket listening in one of ``pids``: where those processes
+        accept connections from."""
+        wanted = set(pids)
+        return [(c.laddr.ip, c.laddr.port, c.pid) for c in psutil.net_connections("tcp")
+                if c.pid in wanted and c.laddr and c.status == psutil.CONN_LISTEN]
+
+    @staticmethod
+    def unix_listener(path: Path) -> int | None:
+        """The pid listening on Unix socket ``path`` (None when no process does)."""
+        for c in psutil.net_connections("unix"):
+            if c.laddr == str(path) and c.pid:
+                return c.pid
+        return None
+
+    @staticmethod
+    def private_folder(path: Path) -> bool:
+        """A real folder of this user that group and others cannot enter."""
+        st = os.lstat(path)
+        return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o077
+
+    @staticmethod
+    def qcow2_size(path: Path) -> int:
+        """The virtual size a qcow2 file declares (its header, bytes 24-31, big-endian): the most a guest
+        can address on it."""
+        with open(path, "rb") as f:
+            header = f.read(32)
+        assert header[:4] == b"QFI\xfb", f"{path} is not a qcow2 file"
+        return int.from_bytes(header[24:32], "big")
+
+    @staticmethod
+    def allocated(path: Path) -> int:
+        """Bytes a file occupies on the host's disk (allocated blocks, not its apparent size)."""
+        return os.stat(path).st_blocks * 512
+
+    @staticmethod
+    def reset_peak_memory(pid: int) -> None:
+        """Start a new high-water mark of ``pid``'s resident memory (the kernel's clear_refs 5)."""
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+    @staticmethod
+    def peak_memory_now(pid: int) -> int:
+        """The high-water mark (bytes) of ``pid``'s resident memory since start or the last reset."""
+        m = re.search(r"^VmHWM:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.MULTILINE)
+        return int(m.group(1)) * 1024
+
+    @staticmethod
+    def cpu_seconds(pids) -> float:
+        """User and system CPU time the processes ``pids`` have used, all their threads together."""
+        total = 0.0
+        for pid in pids:
+            try:
+                t = psutil.Process(pid).cpu_times()
+                total += t.user + t.system
+            except psutil.NoSuchProcess:
+                pass
+        return total

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import yaml
 
@@ -74,7 +75,7 @@ class Vmfixtures(Product):
     distribution = "vmfixtures"  # the installed package whose version it reports
     supports = frozenset({"backups", "disk-backups", "vm-snapshots", "lifecycle", "daemon", "mounts", "agents",
                           "forwarding", "connectivity", "observer", "cli", "disks",
-                          "files"})
+                          "files", "security"})
 
     snapshot_format = SNAPSHOT_FORMAT
 
@@ -273,6 +274,25 @@ class Vmfixtures(Product):
         r = self.project.run(self.argv(*args))
         # `vm exec` exits with the command's own code; only "vmfixtures: error:" is its own refusal
         return classify_run("vm exec", ["vmfixtures", *args], r.exit_code, r.stdout, r.stderr)
+
+    def start_command(self, name: str, command: list[str]):
+        return self.start("vm exec", "vm", "exec", name, "--", *command)
+
+    def command_ended(self, run, timeout: float = 120) -> Outcome:
+        r = run.finish(timeout=timeout)
+        return classify_run("vm exec", ["vmfixtures", *run.argv[4:]], r.exit_code, r.stdout, r.stderr)
+
+    # -- the serial console ------------------------------------------------------------
+    def start_console(self, name: str, into: Path):
+        argv = self.argv("console", name)
+        with open(into, "wb") as out:  # into a file, not through this process: the console may be large
+            proc = subprocess.Popen(argv, cwd=self.project.folder, env=self.project._env(), stdout=out,
+                                    stderr=subprocess.PIPE, text=True)
+        return SimpleNamespace(proc=proc, argv=argv)
+
+    def console_ended(self, run, timeout: float = 120) -> Outcome:
+        _, err = run.proc.communicate(timeout=timeout)
+        return classify("console", ["vmfixtures", *run.argv[4:]], run.proc.returncode, "", err)
 
     # -- port forwarding ---------------------------------------------------------
     def start_forwarding(self, timeout: float) -> Outcome:

@@ -1,0 +1,102 @@
+@p0 @security @requires.qemu
+Feature: The guest is untrusted
+  A coding agent works as root inside its VM, and the VM is there precisely
+  because that agent may be careless, tricked or hostile. Whatever it does in
+  there, it must not read or change the user's other files, open the user's
+  machine to the network, exhaust the host's memory or disk, slow down or spy
+  on other VMs, find what an earlier tenant of a pooled VM left, or reach the
+  host's own control channels. Each scenario carries out the attack from
+  inside the guest, as root, and judges the outcome on the host.
+
+  Background:
+    Given a project whose config declares the VMs:
+      | name      | cpus | memory | disk |
+      | sandbox   | 1    | 512M   | 2G   |
+      | neighbour | 1    | 512M   | 2G   |
+
+  Scenario Outline: Asking for <what>, a guest still sees its mounted folder and nothing else
+    Given the project folder "app" holds "README.md" saying "the project"
+    And secrets lie on the host beside "app" and elsewhere, and "app" holds links to them
+    And the config mounts "app" at "/work/app" in "sandbox"
+    And the VM "sandbox" is running
+    And the guest of "sandbox" has rigged its file-system client to ask the host for <what>
+    When the operator mounts "app"
+    And from inside "sandbox" an attacker reads and writes outside "/work/app" by "..", absolute paths, symlinks and hard links
+    Then the attacker read the project but no secret
+    And nothing outside "app" on the host was changed or added
+
+    Examples:
+      | what               |
+      | the mounted folder |
+      | its parent folder  |
+      | the host's root    |
+
+  Scenario: Forwarded ports listen on the host's loopback only, whatever the guest does
+    Given the VM "sandbox" is running
+    And the guest of "sandbox" lets its SSH server open forwarded ports to anyone and listens on every address
+    And the config forwards host port 18480 to port 8000 of "sandbox"
+    And the config forwards port 9000 of "sandbox" to host port 19400
+    And the config offers a SOCKS5 proxy into "sandbox" on host port 11480
+    And the config forwards host address 127.0.0.2 port 18481 to port 8000 of "sandbox"
+    When the operator starts port forwarding
+    Then everything the host listens on for "sandbox" is on 127.0.0.1, but port 18481 on 127.0.0.2 as the config names it
+
+  Scenario: A guest that floods its console costs the host bounded memory
+    Given the VM "sandbox" is running
+    And the operator has printed the console of "sandbox" while it was quiet
+    And the guest of "sandbox" floods its console until the host holds 6 MiB of it
+    When the operator prints the console of "sandbox"
+    Then printing the flooded console took no more memory than printing the quiet one, give or take 3 MiB
+    And the guest of "sandbox" answers a command
+
+  Scenario Outline: A guest that answers its agent channel with <garbage> gets a clear error, at a bounded cost to the host
+    Given the VM "sandbox" is running
+    And the operator has run "uname" in "sandbox" while its agent was sound
+    And the guest of "sandbox" answers its agent channel with <garbage>
+    When the operator runs "uname" in "sandbox"
+    Then the command fails with a clear error within 60 seconds, using at most 48 MiB more memory than before
+    And the harness, asking the guest of "sandbox" itself, gets a clear error and keeps its memory within 48 MiB
+
+    Examples:
+      | garbage                    |
+      | endless bytes              |
+      | broken JSON                |
+      | answers of the wrong shape |
+
+  Scenario: A guest that writes its disk to the end and beyond stays within the disk its config declares
+    Given the VMs "sandbox" and "neighbour" are running
+    When the guest of "sandbox" writes its disk to the end and beyond
+    Then the guest of "sandbox" was told that its disk is full
+    And the disk file of "sandbox" on the host can hold no more than the 2G its config declares
+    And the guest of "neighbour" answers a command
+
+  Scenario: A guest that forks without end harms neither the host nor other VMs
+    Given the VMs "sandbox" and "neighbour" are running
+    When the guest of "sandbox" forks without end
+    Then the VM "sandbox" uses no more of the host's processors than its 1 cpu
+    And the guest of "neighbour" answers a command
+
+  @requires.daemon
+  Scenario: A VM from the warm pool carries nothing from its previous tenant
+    Given the scenario leased the VM "sandbox"
+    And the tenant of "sandbox" left files, a running process and a shell history behind
+    When the lease ends and the scenario leases the VM "sandbox" again
+    Then the VM "sandbox" is a different VM process than before
+    And the guest of "sandbox" holds nothing the previous tenant left
+
+  @requires.daemon
+  Scenario: Two VMs from the warm pool draw different random numbers
+    Given the VMs "sandbox" and "neighbour" are running
+    Then the VM "sandbox" was restored from a memory snapshot, not booted
+    And the VM "neighbour" was restored from a memory snapshot, not booted
+    And the guests of "sandbox" and "neighbour" draw different random numbers
+
+  Scenario: The guest finds no way to the daemon or to another VM's console and agent
+    Given the VMs "sandbox" and "neighbour" are running
+    And the project folder "app" holds "README.md" saying "the project"
+    And the config mounts "app" at "/work/app" in "sandbox"
+    And the guest of "sandbox" has rigged its file-system client to ask the host for the host's root
+    When the operator mounts "app"
+    And from inside "sandbox" an attacker hunts for the host's control sockets and tries to remove them
+    Then the attacker found none of the daemon's sockets nor those of "neighbour"
+    And those sockets are still in place on the host, in folders only the host user can enter
