@@ -201,17 +201,31 @@ def step_console_quiet(context, vm):
     assert o.done, f"expected the console printed; {o.describe()}"
 
 
-@given('the guest of "{vm}" floods its console until the host holds {mib:d} MiB of it')
+FLOOD = r'''
+import os
+line, total = b"flooding the console without end, line after line\n", 0
+with open("/dev/ttyS0", "wb", buffering=0) as tty:
+    while True:
+        tty.write(line * 1024)
+        total += len(line) * 1024
+        with open("/run/flooded.tmp", "w") as f:
+            f.write(str(total))
+        os.replace("/run/flooded.tmp", "/run/flooded")
+'''
+
+
+@given('the guest of "{vm}" has flooded its console with {mib:d} MiB, and goes on')
 def step_console_flood(context, vm, mib):
     m = _guest(context, vm)
-    m.succeed("setsid sh -c 'while :; do echo flooding the console without end, line after line; done "
-              ">/dev/ttyS0' </dev/null >/dev/null 2>&1 &")
-    log = context.driver.vm_dir(vm) / "console.log"  # the file the host keeps of the console
+    m.write_file("/root/flood.py", FLOOD)
+    m.succeed("setsid python3 /root/flood.py </dev/null >/dev/null 2>&1 &")
     deadline = time.monotonic() + context.driver.accel().scale(60)
-    while not (log.exists() and log.stat().st_size >= mib * MiB):
-        assert time.monotonic() < deadline, f"the console log of '{vm}' reached only " \
-                                            f"{log.stat().st_size if log.exists() else 0} bytes"
-        time.sleep(0.2)
+    printed = 0
+    while printed < mib * MiB:  # the guest counts what it printed: the host may keep less (a rotated log)
+        assert time.monotonic() < deadline, f"the guest of '{vm}' printed only {printed} bytes to its console"
+        time.sleep(0.5)
+        r = m.execute(["cat", "/run/flooded"])
+        printed = int(r.stdout) if r.ok and r.stdout.strip().isdigit() else 0
 
 
 @when('the operator prints the console of "{vm}"')
@@ -223,7 +237,6 @@ def step_console_print(context, vm):
 def step_console_memory(context, mib):
     o = context.outcome
     assert o.done and not o.crashed, f"expected the console printed; {o.describe()}"
-    assert context.printed >= 4 * MiB, f"expected the flooded console printed in full, got {context.printed} bytes"
     grew = context.flood_peak - context.quiet_peak
     assert grew <= mib * MiB, (f"printing {context.printed >> 20} MiB of console took {grew / MiB:.1f} MiB more "
                                f"memory than a quiet console (peak {context.flood_peak >> 20} MiB against "
