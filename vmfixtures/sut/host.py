@@ -279,14 +279,6 @@ class Host:
                 if c.pid in wanted and c.laddr and c.status == psutil.CONN_LISTEN]
 
     @staticmethod
-    def unix_listener(path: Path) -> int | None:
-        """The pid listening on Unix socket ``path`` (None when no process does)."""
-        for c in psutil.net_connections("unix"):
-            if c.laddr == str(path) and c.pid:
-                return c.pid
-        return None
-
-    @staticmethod
     def private_folder(path: Path) -> bool:
         """A real folder of this user that group and others cannot enter."""
         st = os.lstat(path)
