@@ -49,6 +49,12 @@ class GuestError(VmfError):
     exit_code = 8
 
 
+class NoSpace(VmfError):
+    """The destination has no room left; what was half-written is removed, nothing else changed."""
+
+    exit_code = 12
+
+
 class Unsupported(VmfError):
     """The VM's backend (or the product) cannot do what was asked; nothing was changed."""
 

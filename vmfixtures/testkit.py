@@ -225,6 +225,21 @@ class Fixtures:
             return list(pool.map(lambda s: self.client.create(self.scope.storage, s.to_dict(), lease,
                                                               self.scope.backend), specs))
 
+    def stop(self, name: str) -> None:
+        """Power a VM of the run's storage off (the daemon's ledger learns of it when one runs)."""
+        if self.client is None:
+            self.driver.stop(name)
+        else:
+            self.client.vm("stop", self.scope.storage, name=name)
+
+    def boot_from_disk(self, spec, disk: Path, lease: str | None) -> None:
+        """A new VM of ``spec`` booted from standalone disk image ``disk`` (moved in), e.g. a product's
+        restored backup."""
+        if self.client is None:
+            self.driver.create_from_disk(spec, Path(disk), owner_pid=os.getpid())
+        else:
+            self.client.vm("create_from_disk", self.scope.storage, spec=spec.to_dict(), disk=str(disk), lease=lease)
+
 
 @dataclass
 class RunnerProcess:

@@ -62,7 +62,7 @@ class DestroyProof:
 # Optional capabilities: what only some backends can do. A scenario requires one
 # with @requires.<name> and skips with the backend's reason where it is missing.
 MEMORY_SNAPSHOTS = "memory-snapshots"     # save a running VM's memory, restore clones of it
-DIRTY_BITMAPS = "dirty-bitmap-backups"    # incremental disk backups from QMP dirty bitmaps
+DIRTY_BITMAPS = "dirty-bitmap-backups"    # incremental disk backups from dirty bitmaps (QMP, libvirt checkpoints)
 DISK_HOTPLUG = "disk-hotplug"             # attach and detach data disks while the VM runs
 NETWORK_PROFILES = "network-profiles"     # nat / filtered / isolated networks (network.py)
 CAPABILITIES = (MEMORY_SNAPSHOTS, DIRTY_BITMAPS, DISK_HOTPLUG, NETWORK_PROFILES)

@@ -58,7 +58,7 @@ from ..mounts import kill_helpers
 from ..procs import ProcessId, kill, wait_exit
 from ..progress import Progress
 from ..spec import VMSpec
-from .base import DISK_HOTPLUG, FIRST_DATA_SLOT, MEMORY_SNAPSHOTS, NETWORK_PROFILES, DataDisk
+from .base import DIRTY_BITMAPS, DISK_HOTPLUG, FIRST_DATA_SLOT, MEMORY_SNAPSHOTS, NETWORK_PROFILES, DataDisk
 from .qemu import PREFIX, Boot, QemuBackend, _forwarded_port, _write_json, clear_run_dir, make_run_dir
 
 DEFAULT_URI = "qemu:///system"
@@ -71,6 +71,7 @@ _conns: dict[tuple[int, str], object] = {}
 _stopped: dict[str, threading.Event] = {}
 _agent_up: dict[str, threading.Event] = {}
 _removed: dict[tuple[str, str], threading.Event] = {}  # (domain, device alias) -> set when libvirt removed it
+_jobs: dict[str, threading.Event] = {}  # domain -> set when its job (a backup) completed
 
 
 def uri() -> str:
@@ -109,6 +110,7 @@ def connection():
         conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, _on_lifecycle, None)
         conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_AGENT_LIFECYCLE, _on_agent, None)
         conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, _on_device_removed, None)
+        conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED, _on_job_completed, None)
         _conns[key] = conn
         return conn
 
@@ -142,6 +144,25 @@ def _on_device_removed(conn, dom, alias, opaque) -> None:
         waiter.set()
 
 
+def _on_job_completed(conn, dom, params, opaque) -> None:
+    with _lock:
+        waiter = _jobs.get(dom.name())
+    if waiter:
+        waiter.set()
+
+
+@contextmanager
+def job_completed(domain: str):
+    """An Event set when libvirt reports the domain's current job completed (register before starting it)."""
+    with _lock:
+        event = _jobs[domain] = threading.Event()
+    try:
+        yield event
+    finally:
+        with _lock:
+            _jobs.pop(domain, None)
+
+
 def _why(exc) -> str:
     return (exc.get_error_message() or str(exc)).strip().splitlines()[0]
 
@@ -168,7 +189,8 @@ class LibvirtBackend(QemuBackend):
 
     name = "libvirt"
     MEMORY_FILE = "mem.save"  # a libvirt save file: header, domain XML, QEMU's migration stream
-    capabilities = frozenset({MEMORY_SNAPSHOTS, DISK_HOTPLUG, NETWORK_PROFILES})
+    # dirty-bitmap backups: libvirt checkpoints and push-mode backup jobs (backups/disks.py)
+    capabilities = frozenset({MEMORY_SNAPSHOTS, DIRTY_BITMAPS, DISK_HOTPLUG, NETWORK_PROFILES})
 
     # -- the domain ------------------------------------------------------
     def domain_name(self, name: str) -> str:

@@ -23,6 +23,7 @@ EXIT_CODES = """exit codes:
   4  VM exists with another spec  9  a tunnel could not be brought up
                                   10 the backend cannot do this
                                   11 in use (a disk attached to a VM)
+                                  12 no space left on the destination
                                   130 interrupted
 """
 

@@ -33,6 +33,7 @@ UNKNOWN_AGENT, UNKNOWN_SNAPSHOT, MISSING_ARTIFACT, BROKEN_CHAIN, NO_TUNNEL = (
 # a guest account the VM does not have; a file or folder (host or guest) that does not exist
 UNKNOWN_USER, MISSING_PATH = "unknown-user", "missing-path"
 UNKNOWN_DISK = "unknown-disk"
+NO_SPACE = "no-space"  # the destination filled up
 
 # Remarks on a done outcome (``Outcome.note``): nothing needed doing (EXISTS: what was asked for was there already).
 NOTHING_CHANGED = "nothing-changed"
@@ -98,6 +99,8 @@ class Product(ABC):
     supports: frozenset[str] = frozenset()
     #: the installed Python distribution whose version the product reports (None: not a Python package)
     distribution: str | None = None
+    #: PATH the product's commands run with (None: the run's own); a step hides host tools with it
+    search_path: str | None = None
 
     def lacks(self, capability: str | None) -> str | None:
         """None when supported (or when the feature names no capability), else the reason a
@@ -316,23 +319,35 @@ class Product(ABC):
         self._unsupported("stop port forwarding")
 
     # -- VM disk backups -----------------------------------------------------------------
+    #: host commands the product's disk backups need besides itself (a step hides them to see it say so)
+    disk_backup_tools: tuple[str, ...] = ()
+
     def disk_backup(self, name: str, dest: Path, group_by: str | None = None, full: bool = False) -> Outcome:
+        """Back up VM ``name``'s disk into ``dest``; ``name`` may be a shell-style pattern (``web*``): every
+        running VM it matches. A pattern matching none is refused (UNKNOWN_VM, ``subject`` the pattern)."""
         self._unsupported("back up a VM's disk")
 
     def disk_backups(self, dest: Path) -> Outcome:
-        """``data``: the chains in ``dest``, oldest first: {"chain": folder, "links": [{"kind": "full" |
+        """``data``: the chains in ``dest``, oldest first: {"chain": folder, "vm": its VM, "links": [{"kind": "full" |
         "incremental", "file": path, "at": when}]}."""
         self._unsupported("list disk backups")
+
+    def disk_backup_status(self, dest: Path, human: bool = False) -> Outcome:
+        """The backups in ``dest`` and their VMs' checkpoints: for people (``stdout``) when ``human``, else
+        ``data`` {"chains": [{"chain": folder, ...}], "vms": {vm: {"checkpoints": [names]}}}."""
+        self._unsupported("report the status of disk backups")
 
     def prune_disk_backups(self, dest: Path, keep: int) -> Outcome:
         self._unsupported("prune disk backups")
 
-    def scrub_backup_bitmap(self, name: str) -> Outcome:
-        """Forget what the last disk backup of ``name`` saw (the next one is full); note NOTHING_CHANGED
-        when there was nothing to forget."""
-        self._unsupported("scrub a VM's backup bitmap")
+    def scrub_backup_bitmap(self, name: str, checkpoint: str | None = None) -> Outcome:
+        """Forget what the disk backups of ``name`` saw: every checkpoint of the product's, or only
+        ``checkpoint`` (the others kept). Note NOTHING_CHANGED when there was nothing to forget."""
+        self._unsupported("scrub a VM's backup checkpoints")
 
     def restore_disk_backup(self, chain: Path, new_name: str) -> Outcome:
+        """Restore ``chain`` as VM ``new_name``, booted; a product that restores only a disk image says
+        so with ``data`` {"disk": the image}, which the specification then boots itself."""
         self._unsupported("restore a disk backup")
 
     # -- data disks (hot-plugged into running VMs) ------------------------------------------

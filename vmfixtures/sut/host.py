@@ -293,6 +293,18 @@ class Host:
         assert header[:4] == b"QFI\xfb", f"{path} is not a qcow2 file"
         return int.from_bytes(header[24:32], "big")
 
+    # -- disk backup checkpoints, as the hypervisor keeps them ----------------------------
+    @classmethod
+    def checkpoints(cls, folder: Path) -> list[str]:
+        """The backup checkpoints of the VM running in ``folder``, sorted, as its hypervisor lists them:
+        libvirt's checkpoint list of the domain the VM process belongs to (libvirt-python), or, for a
+        QEMU outside libvirt, the persistent dirty bitmaps of its block nodes, asked over its QMP socket."""
+        proc = psutil.Process(cls.vm_pid(folder))
+        guest = next(a for a in proc.cmdline() if a.startswith("guest="))
+        domain = guest.removeprefix("guest=").split(",")[0]
+        names = _libvirt_checkpoints(domain)
+        return sorted(names) if names is not None else sorted(_qmp_bitmaps(proc))
+
     @staticmethod
     def allocated(path: Path) -> int:
         """Bytes a file occupies on the host's disk (allocated blocks, not its apparent size)."""
@@ -320,3 +332,48 @@ class Host:
             except psutil.NoSuchProcess:
                 pass
         return total
+
+
+def _libvirt_checkpoints(domain: str) -> list[str] | None:
+    """Names of the checkpoints libvirt lists for ``domain``; None when libvirt has no such domain."""
+    try:
+        import libvirt
+    except ImportError:
+        return None
+    libvirt.registerErrorHandler(lambda *_: None, None)
+    try:
+        conn = libvirt.open(os.environ.get("VMFIXTURES_LIBVIRT_URI") or "qemu:///system")
+    except libvirt.libvirtError:
+        return None
+    try:
+        return [c.getName() for c in conn.lookupByName(domain).listAllCheckpoints(0)]
+    except libvirt.libvirtError:
+        return None
+    finally:
+        conn.close()
+
+
+def _qmp_bitmaps(proc: psutil.Process, timeout: float = 30.0) -> list[str]:
+    """Persistent dirty bitmaps of every block node of a QEMU, over the QMP socket it listens on
+    (a plain JSON exchange, not the backend's client)."""
+    import json
+
+    paths = [c.laddr for c in proc.net_connections(kind="unix") if str(c.laddr).endswith("qmp.sock")]
+    assert paths, f"QEMU pid {proc.pid} listens on no QMP socket"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(timeout)
+        s.connect(paths[0])
+        f = s.makefile("rw")
+
+        def ask(command):
+            f.write(json.dumps({"execute": command}) + "\n")
+            f.flush()
+            while True:
+                reply = json.loads(f.readline())
+                if "return" in reply or "error" in reply:
+                    return reply
+
+        json.loads(f.readline())  # the greeting
+        ask("qmp_capabilities")
+        nodes = ask("query-named-block-nodes").get("return", [])
+    return sorted({b["name"] for n in nodes for b in n.get("dirty-bitmaps", []) if b.get("persistent")})

@@ -22,12 +22,12 @@ from .. import __version__
 from .base import (BAD_CONFIG, BROKEN_CHAIN, BUSY, CORRUPT, DONE, EXISTS, FAILED, MISMATCH, MISSING_ARTIFACT,
                    MISSING_SOURCE, MISSING_TOOL, NO_TUNNEL, NOT_RUNNING, NOT_WRITABLE, NOTHING_CHANGED, REFUSED,
                    UNKNOWN_AGENT, UNKNOWN_DISK, UNKNOWN_SNAPSHOT, UNKNOWN_VM, UNSUPPORTED, Outcome, Product)
-from .base import MISSING_PATH, UNKNOWN_USER
+from .base import MISSING_PATH, NO_SPACE, UNKNOWN_USER
 
 # vmfixtures --help: exit codes, and what each means to the specification. 8 ("the guest or QEMU
 # refused a request") has no one meaning: its kinds are told apart by the message below.
 EXIT_REFUSALS = {2: BAD_CONFIG, 3: UNKNOWN_VM, 4: MISMATCH, 5: MISSING_TOOL, 6: NOT_WRITABLE, 9: NO_TUNNEL,
-                 10: UNSUPPORTED, 11: BUSY}
+                 10: UNSUPPORTED, 11: BUSY, 12: NO_SPACE}
 # Finer kinds, told apart by the message (the wording is this product's own): a regular expression
 # on stderr (its ``subject`` group names what the refusal is about, ``holder`` a pid), the kind, and
 # the exit codes the message counts under (None: any). The first that matches decides.
@@ -41,6 +41,7 @@ MESSAGE_REFUSALS = (
     (r"install artifact of agent '(?P<subject>[^']+)' is missing", MISSING_ARTIFACT, {2}),
     (r"VM '[^']+' has no snapshot '(?P<subject>[^']+)'", UNKNOWN_SNAPSHOT, {3}),
     (r"no VM named '(?P<subject>[^']+)'", UNKNOWN_VM, {3}),
+    (r"no running VM matches '(?P<subject>[^']+)'", UNKNOWN_VM, {3}),
     (r"has no guest user '(?P<subject>[^']+)'", UNKNOWN_USER, {3}),
     (r"has no (?:folder|file) (?P<subject>/\S*?)(?: \(|$)", MISSING_PATH, {3}),
     (r"guest user '(?P<subject>[^']+)' may not", NOT_WRITABLE, {6}),
@@ -91,6 +92,7 @@ class Vmfixtures(Product):
     def run(self, action: str, *args: str, input: str | None = None, at: datetime | None = None,
             env: dict | None = None) -> Outcome:
         """Run one command (its clock at ``at``, when given) and classify what came back."""
+        env = {**(env or {}), **({"PATH": self.search_path} if self.search_path else {})}
         r = self.project.run(self.at_time(self.argv(*args), at), input=input, env=env)
         return classify(action, ["vmfixtures", *args], r.exit_code, r.stdout, r.stderr)
 
@@ -311,24 +313,37 @@ class Vmfixtures(Product):
         return self.ended(process)
 
     # -- VM disk backups -----------------------------------------------------------
+    disk_backup_tools = ("qemu-img",)
+
     def disk_backup(self, name: str, dest: Path, group_by: str | None = None, full: bool = False) -> Outcome:
         extra = (*(("--group-by", group_by) if group_by else ()), *(("--full",) if full else ()))
         return self.run("vm backup", "vm", "backup", name, str(dest), *extra)
 
     def disk_backups(self, dest: Path) -> Outcome:
+        o = self.disk_backup_status(dest)
+        if o.done:
+            o.data = [{"chain": Path(c["chain"]), "vm": c["vm"],
+                       "links": [{"kind": link["kind"], "file": Path(link["file"]), "at": link["at"]}
+                                 for link in c["links"]]}
+                      for c in o.data["chains"]]
+        return o
+
+    def disk_backup_status(self, dest: Path, human: bool = False) -> Outcome:
+        if human:
+            return self.run("vm backup-status", "vm", "backup-status", str(dest))
         o = _with_json(self.run("vm backup-status", "vm", "backup-status", str(dest), "--json"))
         if o.done:
-            o.data = [{"chain": Path(c["chain"]), "links": [{"kind": link["kind"], "file": Path(link["file"]),
-                                                             "at": link["at"]} for link in c["links"]]}
-                      for c in o.data]
+            o.data = {"chains": o.data["chains"],
+                      "vms": {vm: {"checkpoints": v["checkpoints"]} for vm, v in o.data["vms"].items()}}
         return o
 
     def prune_disk_backups(self, dest: Path, keep: int) -> Outcome:
         return self.run("vm backup-prune", "vm", "backup-prune", str(dest), "--keep", str(keep))
 
-    def scrub_backup_bitmap(self, name: str) -> Outcome:
-        o = self.run("vm backup-scrub", "vm", "backup-scrub", name)
-        if o.done and "backup bitmap removed" not in o.stdout:  # "backup bitmap was not there"
+    def scrub_backup_bitmap(self, name: str, checkpoint: str | None = None) -> Outcome:
+        o = self.run("vm backup-scrub", "vm", "backup-scrub", name,
+                     *(("--checkpoint", checkpoint) if checkpoint else ()))
+        if o.done and "deleted checkpoint" not in o.stdout:  # "no backup checkpoints; nothing to do"
             o.note = NOTHING_CHANGED
         return o
 
