@@ -1,11 +1,13 @@
 """Networks: the guest tries to reach test services; the services' own logs say who got through."""
 
 import json
+import socket
 
+import psutil
 from behave import given, then, when
 
 from vmfixtures.spec import load_config
-from vmfixtures.sut.services import BANNER, ServiceNetwork
+from vmfixtures.sut.services import BANNER, SERVER, ServiceNetwork, loopback_service
 
 PROFILES = {"default": None, "isolated": "isolated"}
 
@@ -30,7 +32,8 @@ def step_test_network(context, ports):
 
 
 def _run_vm(context, name, network):
-    context.project.declare_vm(name, **({"network": network} if network else {}))
+    fields = {k: v for k, v in context.project.vms.get(name, {}).items() if k != "network"}
+    context.project.declare_vm(name, **fields, **({"network": network} if network else {}))
     spec = load_config(context.project.config_path).vm(name)
     context.fixtures.ensure_running([spec], context.lease)
 
@@ -49,9 +52,10 @@ def step_vm_filtered(context, name, port):
 @when('the guest of "{name}" connects to the test service on port {port:d}')
 @when('the guest of "{name}" connects to the test services on ports {ports}')
 def step_guest_connects(context, name, port=None, ports=None):
-    machine = context.driver.machine(name)
-    for p in [port] if port else _ports(ports):
-        context.reached[p] = context.host.guest_connect(machine, context.test_network.address, p)
+    address = context.test_network.address
+    got = context.host.guest_connect_all(context.driver.machine(name),
+                                         [(address, p) for p in ([port] if port else _ports(ports))])
+    context.reached.update({int(k.rsplit(":", 1)[1]): v for k, v in got.items()})
 
 
 @then("the test service on port {port:d} answered the guest")
@@ -97,3 +101,74 @@ def step_told_address(context, name):
 @given('the config gives "{name}" the network {setting}')
 def step_bad_network(context, name, setting):
     context.project.declare_vm(name, network=json.loads(setting))
+
+
+# -- the guest against the host's loopback and other VMs (features/untrusted_guest.feature) --
+@given("a service listens on the host's loopback only")
+def step_loopback_service(context):
+    context.loopback = loopback_service(_free_port(), context.scope.dir / "services" / context.project.folder.name)
+    context.add_cleanup(context.loopback.stop)
+    context.reached = {}
+
+
+@given('a VM "{name}" on a network filtered to the port of that service is running')
+def step_vm_filtered_to_service(context, name):
+    _run_vm(context, name, {"profile": "filtered", "allow": [context.loopback.port]})
+
+
+@when('the guest of "{name}" tries every address the host could have for it')
+def step_guest_tries_host(context, name):
+    machine = context.driver.machine(name)
+    port = context.loopback.port
+    context.reached = context.host.guest_connect_all(machine, [(a, port) for a in _host_addresses_for_guest()],
+                                                     timeout=2)
+
+
+@then("the loopback service never saw the guest")
+def step_loopback_untouched(context):
+    seen = context.loopback.peers()
+    got = {a: r for a, r in context.reached.items() if BANNER in r}
+    assert context.reached and not seen and not got, \
+        f"expected no connection from the guest to the host's 127.0.0.1:{context.loopback.port}; " \
+        f"the service saw {seen}, the guest got its banner at {got}"
+
+
+def _host_addresses_for_guest():
+    """Where a guest looks for its host: user networking's gateway, DNS and SMB addresses (QEMU
+    maps the first to the host's loopback), and every IPv4 address the host has itself."""
+    own = [a.address for addrs in psutil.net_if_addrs().values() for a in addrs
+           if a.family == socket.AF_INET and not a.address.startswith("127.")]
+    return ["10.0.2.2", "10.0.2.3", "10.0.2.4", *own]
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@given('the guest of "{name}" serves on port {port:d}')
+def step_guest_serves(context, name, port):
+    machine = context.driver.machine(name)
+    machine.succeed(["sh", "-c", 'setsid python3 -c "$0" 0.0.0.0 "$1" /tmp/peers.log /tmp/ready "$2" '
+                     '</dev/null >/dev/null 2>&1 &', SERVER, str(port), BANNER])
+    machine.wait_until_succeeds("test -e /tmp/ready", timeout=30)
+    context.guest_service = (name, port)
+
+
+@when('the guest of "{name}" tries every address "{other}" could have')
+def step_guest_tries_other(context, name, other):
+    machine = context.driver.machine(name)
+    port = context.guest_service[1]
+    ssh = context.driver.run_info(other)["ssh_port"]  # the host end of the other VM's SSH forward
+    targets = [(a, p) for a in ["10.0.2.15", *_host_addresses_for_guest()] for p in (port, ssh)]
+    context.reached = context.host.guest_connect_all(machine, targets, timeout=2)
+
+
+@then('the guest of "{other}" never heard from "{name}"')
+def step_other_untouched(context, other, name):
+    r = context.driver.machine(other).execute(["cat", "/tmp/peers.log"])
+    seen = r.stdout.split() if r.ok else []
+    got = {a: v for a, v in context.reached.items() if BANNER in v or v.startswith("SSH-")}
+    assert not seen and not got, \
+        f"expected '{name}' to reach nothing of '{other}'; '{other}' saw {seen}, '{name}' got answers at {got}"

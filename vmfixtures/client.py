@@ -17,6 +17,9 @@ import threading
 from pathlib import Path
 
 from . import errors, paths
+from .build import build_id
+from .errors import VmfError
+from .procs import wait_exit
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -190,7 +193,17 @@ def start_daemon(socket_path: Path | None = None, extra_args: list[str] | None =
 def ensure_daemon(socket_path: Path | None = None) -> tuple[Client, dict | None]:
     """A client of the running daemon, starting one if none answers. Returns (client, start info or None)."""
     client = Client(socket_path)
-    if client.alive():
+    health = client.alive()
+    if health and health.get("build") != build_id():
+        if health["leases"]:
+            raise VmfError(f"the daemon on {client.socket_path} (pid {health['pid']}) runs another build of "
+                           f"vmfixtures ({health.get('build', 'older')}; this is {build_id()}) and holds "
+                           f"{health['leases']} lease(s) of other runs; stop it (`vmfixtures daemon stop`) when they end")
+        client.shutdown()  # idle, and would serve this run with other code: replace it
+        if not wait_exit(health["pid"], 60.0):
+            raise VmfError(f"the daemon of another build (pid {health['pid']}) did not stop within 60 s")
+        health = None
+    if health:
         return client, None
     info = start_daemon(client.socket_path)
     return client, info

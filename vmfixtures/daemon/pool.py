@@ -15,6 +15,7 @@ image or another spec never restores a stale snapshot.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -107,8 +108,7 @@ class Pool:
             if (final / "snapshot.json").is_file():
                 return final, False
             name = f"tmpl-{key}"
-            template = VMSpec(name=name, cpus=spec.cpus, memory=spec.memory, disk=spec.disk, image=spec.image,
-                              network=spec.network)
+            template = dataclasses.replace(spec, name=name)
             tmp = self.snapshots / f"{key}.partial"
             shutil.rmtree(tmp, ignore_errors=True)
             vm_id = self.ledger.add_vm(str(driver.storage), name, template.to_dict(), "creating", source="boot",
@@ -185,7 +185,7 @@ class Pool:
                 with self._lock:
                     self._counter += 1
                     name = f"p{os.getpid() % 1000}-{key[:8]}-{self._counter}"
-                pooled = VMSpec(name=name, cpus=spec.cpus, memory=spec.memory, disk=spec.disk, image=spec.image)
+                pooled = dataclasses.replace(spec, name=name)  # all of the spec: the network is hardware too
                 self.restore(self.backend(kind), pooled, None, None, "pooled", key)
                 made += 1
         return made

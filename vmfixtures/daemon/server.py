@@ -20,6 +20,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from ..build import build_id
 from .. import errors, paths
 from .service import FixtureService
 
@@ -111,7 +112,7 @@ class Daemon:
         return web.json_response({"pid": os.getpid(), "socket": str(self.socket_path), "home": str(s.home),
                                   "uptime": round(time.time() - s.started_at, 1),
                                   "leases": len(s.ledger.active_leases()),
-                                  "idle": len(s.ledger.live_vms(state="pooled"))})
+                                  "idle": len(s.ledger.live_vms(state="pooled")), "build": build_id()})
 
     async def open_lease(self, request):
         b = await _body(request)

@@ -208,6 +208,40 @@ class Host:
         total_kib = int(re.search(r"MemTotal:\s+(\d+) kB", meminfo).group(1))
         return {"cpus": cpus, "memory_kib": total_kib}
 
+    @staticmethod
+    def guest_addresses(machine) -> list[str]:
+        """The guest's IPv4 addresses (``address/prefix``, loopback left out), as its own `ip` lists them."""
+        out = machine.succeed(["ip", "-4", "-o", "addr", "show"])
+        return [f.split()[3] for f in out.splitlines() if len(f.split()) > 3 and f.split()[1] != "lo"]
+
+    @classmethod
+    def guest_connect(cls, machine, address: str, port: int, timeout: float = 3.0) -> str:
+        """Open a TCP connection from inside the guest and return the first line the other end sent,
+        or ``error: ...``: the attempt an agent in the guest would make."""
+        return cls.guest_connect_all(machine, [(address, port)], timeout)[f"{address}:{port}"]
+
+    @staticmethod
+    def guest_connect_all(machine, targets: list[tuple[str, int]], timeout: float = 3.0) -> dict[str, str]:
+        """``guest_connect`` to every (address, port) at once, from one process of the guest's own
+        python3 (as root): ``"address:port"`` -> first line received, or ``error: ...``."""
+        import json
+
+        probe = ("import json,socket,sys,threading\n"
+                 "out={}\n"
+                 "def one(h,p):\n"
+                 " s=socket.socket(); s.settimeout(float(sys.argv[2]))\n"
+                 " try:\n  s.connect((h,p)); out[f'{h}:{p}']=s.recv(200).decode(errors='replace').strip()\n"
+                 " except Exception as e:\n  out[f'{h}:{p}']=f'error: {e}'\n"
+                 "ts=[threading.Thread(target=one,args=t) for t in json.loads(sys.argv[1])]\n"
+                 "[t.start() for t in ts]; [t.join() for t in ts]\n"
+                 "print(json.dumps(out))\n")
+        r = machine.execute(["python3", "-c", probe, json.dumps(targets), str(timeout)], timeout=timeout + 30)
+        try:
+            return json.loads(r.stdout)
+        except ValueError:
+            return {f"{a}:{p}": f"error: probe exited {r.exit_code}: {r.stderr.strip()[:200]}" for a, p in targets}
+
+
     # -- file content on each side, and what a process took -------------------------
     @staticmethod
     def sha256(path: Path) -> str:
@@ -258,7 +292,6 @@ class Host:
                 return peak
             peak = max(peak, int(m.group(1)) * 1024)
             time.sleep(every)
-
 
     # -- what an untrusted guest could reach or cost -------------------------------
     @staticmethod

@@ -20,7 +20,7 @@ from ..procs import CHILDREN, ProcessId, kill
 
 BANNER = "vmfixtures-test-service"
 
-_SERVER = r"""
+SERVER = r"""
 import socket, sys
 host, port, log, ready = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 s = socket.socket()
@@ -46,7 +46,7 @@ class Service:
         self.host, self.port, self.netns = host, port, netns
         self.log = folder / f"service-{port}.log"
         ready = folder / f"service-{port}.ready"
-        argv = [sys.executable, "-c", _SERVER, host, str(port), str(self.log), str(ready), BANNER]
+        argv = [sys.executable, "-c", SERVER, host, str(port), str(self.log), str(ready), BANNER]
         if netns:
             argv = ["ip", "netns", "exec", netns, *argv]
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
