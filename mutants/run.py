@@ -285,6 +285,22 @@ MUTANTS = [
            '                      SFTP_SERVER, "-e", "-d", str(source)]',
            'return [SFTP_SERVER, "-e", "-d", str(source)]',
            _sel("untrusted_guest.feature", "finds no way to the daemon")),
+    Mutant("gateway-maps-host-loopback",
+           "passt maps the guest's gateway to the host as QEMU's slirp does: the host's loopback services open up",
+           "vmfixtures/network.py",
+           '"--foreground", "--quiet", "--no-map-gw", "--ipv4-only",', '"--foreground", "--quiet", "--ipv4-only",',
+           _sel("untrusted_guest.feature", "loopback are out of the guest's reach on the default network")),
+    Mutant("filtered-lets-everything-out",
+           "the filtered network's last rules accept instead of reject: every port is open",
+           "vmfixtures/network.py",
+           "{who} meta l4proto tcp counter reject with tcp reset\n    {who} counter reject",
+           "{who} meta l4proto tcp counter accept\n    {who} counter accept",
+           _sel("networks.feature", "any other port never hears from the guest")),
+    Mutant("isolated-not-restricted",
+           "the isolated network is QEMU's user networking without restrict=on: the guest reaches everything",
+           "vmfixtures/network.py",
+           '"user,id=net0,restrict=on,', '"user,id=net0,restrict=off,',
+           _sel("networks.feature", "An isolated VM reaches nothing")),
 ]
 
 

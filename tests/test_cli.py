@@ -65,7 +65,7 @@ def test_status_of_vms_not_created_yet(tmp_path):
     r = run(tmp_path, "status", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == [{"name": "web", "state": "missing", "cpus": 2, "memory": "1G", "disk": "2G",
-                                     "mounts": [{"source": "app", "target": "/work/app", "mounted": False,
+                                     "network": "nat", "mounts": [{"source": "app", "target": "/work/app", "mounted": False,
                                                  "last_backup": snap.name}], "agents": []}]
     text = run(tmp_path, "status").stdout
     assert "web" in text and "missing" in text and "last backup 20261122T101500.000000" in text

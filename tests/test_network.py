@@ -1,5 +1,8 @@
 """Network profiles: the config's forms, its refusals, and the firewall a filtered VM gets."""
 
+import os
+import shutil
+
 import pytest
 
 from vmfixtures.errors import ConfigError
@@ -56,3 +59,33 @@ def test_info_text_says_profile_and_forwards():
                           "forwards": [{"host": "127.0.0.1:2222", "guest": 22, "what": "ssh"}]})
     assert "network filtered (outbound TCP ports 443; DNS)" in text
     assert "10.0.2.15/24 on eth0" in text and "127.0.0.1:2222 -> guest port 22 (ssh)" in text
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("passt") or not shutil.which("nft"),
+                    reason="needs root, passt and nft")
+def test_observer_finds_and_removes_what_a_dead_vm_left(tmp_path, monkeypatch):
+    """A passt whose socket folder is gone and a filtered VM's firewall table without its passt are
+    reported, and --fix removes both (proven by the process table and nft's own listing)."""
+    from vmfixtures import network, observer
+    from vmfixtures.backends.qemu import runtime_root
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    monkeypatch.setattr(observer, "HELPER_GRACE", 0.0)
+    folder = runtime_root() / "0123456789abcdef"
+    folder.mkdir(parents=True)
+    proc = network._spawn_passt(shutil.which("passt"), folder / network.SOCKET, network._free_port(), None)
+    table = f"{network.TABLE_PREFIX}{network.GID_BASE + 4242}"
+    network._nft(network._ruleset(table, network.GID_BASE + 4242, (443,)))
+    try:
+        assert network._listening(proc, 0, folder / network.SOCKET, timeout=0.5) is False  # port 0: just wait
+        shutil.rmtree(folder)  # the VM's socket folder went away without its passt
+        found = {f.type: f for f in observer._stray_network_helpers()}
+        assert found["stray-network-helper"].object == f"passt pid {proc.pid}"
+        assert found["stray-firewall"].object == f"nftables table {table}"
+        observer.Observer.fix(None, list(found.values()))
+        assert proc.wait(10) is not None
+        assert table not in network.our_tables()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        network.drop_table(table)

@@ -33,7 +33,8 @@ from pathlib import Path
 import psutil
 
 from .daemon.ledger import Ledger
-from .procs import ProcessId
+from . import network
+from .procs import ProcessId, kill
 from .backends import open_backend
 from .backends.qemu import orphan_qemus, orphan_run_dirs
 from .backends.base import DISK_HOTPLUG
@@ -150,6 +151,7 @@ class Observer:
         for d in orphan_run_dirs():
             findings.append(Finding("orphan-socket", str(d), f"socket folder of {(d / 'vm_dir').read_text()}, "
                                     "which no longer exists", "remove it (`vmfixtures observe --fix`)"))
+        findings += _stray_network_helpers()
         for tunnel in self.ledger.live_tunnels():
             if not _tunnel_alive(tunnel):
                 findings.append(Finding("tunnel-down", f"tunnel {tunnel['id']} {tunnel['kind']} {tunnel['bind']}",
@@ -260,6 +262,12 @@ class Observer:
 
                 if destroy_domain(f.object.split()[-1]):
                     done.append(f"destroyed {f.object}")
+            elif f.type == "stray-network-helper":
+                kill(ProcessId.of(int(f.object.split()[-1])).process())
+                done.append(f"killed {f.object}")
+            elif f.type == "stray-firewall":
+                network.drop_table(f.object.split()[-1])
+                done.append(f"dropped {f.object}")
             elif f.type == "tunnel-down":
                 self.ledger.tunnel_down(int(f.object.split()[1]))
                 done.append(f"marked {f.object} down")
@@ -279,6 +287,43 @@ class Observer:
                                 rec_file.unlink()
                                 done.append(f"dropped the stale mount record {vm}:{target}")
         return done
+
+
+HELPER_GRACE = 30.0  # seconds a passt may run before its VM's QEMU shows up
+
+
+def _stray_network_helpers() -> list[Finding]:
+    """passt processes whose VM is gone (their socket folder was removed, or no QEMU of ours uses it),
+    and firewall tables of filtered VMs whose passt is gone: what a VM killed behind our back leaves."""
+    from .backends.qemu import runtime_root
+
+    findings, groups = [], set()
+    for proc, folder in network.our_passts(runtime_root()):
+        try:
+            groups.add(proc.gids().real)
+            started = proc.create_time()
+        except psutil.Error:
+            continue
+        if time.time() - started < HELPER_GRACE:
+            continue  # a VM starting up: passt comes first, QEMU connects a moment later
+        run = network.read_record(folder) if folder.is_dir() else None
+        qemu = ProcessId.from_record(_json(folder / "run.json")) if run else None
+        if not run or not (qemu and qemu.process()):
+            findings.append(Finding("stray-network-helper", f"passt pid {proc.pid}",
+                                    f"serves {folder}, which {'has no running VM' if run else 'no longer exists'}",
+                                    "kill it (`vmfixtures observe --fix`)"))
+    for table in network.our_tables():
+        if int(table.removeprefix(network.TABLE_PREFIX)) not in groups:
+            findings.append(Finding("stray-firewall", f"nftables table {table}",
+                                    "of a filtered VM whose passt is gone", "drop it (`vmfixtures observe --fix`)"))
+    return findings
+
+
+def _json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _label(row: dict) -> str:
