@@ -6,6 +6,7 @@ from vmfixtures.sut.base import UNKNOWN_SNAPSHOT
 
 
 @given('the operator saved the snapshot "{tag}" of "{name}"')
+@when('the operator saves the snapshot "{tag}" of "{name}"')
 def step_saved(context, tag, name):
     o = context.sut.save_snapshot(name, tag)
     assert o.done, f"expected the snapshot saved; {o.describe()}"

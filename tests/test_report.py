@@ -19,10 +19,15 @@ FIXTURE = Path(__file__).parent / "fixtures" / "allure"
 BEHAVE = Path(sys.executable).with_name("behave")
 
 
-def run_fixture(out: Path) -> subprocess.CompletedProcess:
-    # plain, not progress: behave's progress formatter has no character for a cleanup error
+def run_fixture(out: Path, progress: str = "plain") -> subprocess.CompletedProcess:
     return subprocess.run([str(BEHAVE), "-f", "allure_behave.formatter:AllureFormatter", "-o", str(out),
-                           "-f", "plain", "--no-junit", "--no-capture"], cwd=FIXTURE, capture_output=True, text=True)
+                           "-f", progress, "--no-junit", "--no-capture"], cwd=FIXTURE, capture_output=True, text=True)
+
+
+def test_progress_dots_survive_a_failed_cleanup(tmp_path):
+    """behave's own progress formatter ends the run with a KeyError at a failed cleanup; ours prints C."""
+    r = run_fixture(tmp_path, "vmfixtures.report.progress:Progress")
+    assert r.returncode == 1 and "Traceback" not in r.stderr + r.stdout and "C" in r.stdout, r.stdout + r.stderr
 
 
 @pytest.fixture(scope="module")
