@@ -48,6 +48,8 @@ EVIDENCE_DIR = Path("reports/evidence")
 LEASE_TTL = 30.0
 SHARED_TAG = "fixture.vm.shared"
 DRIFT_TAG = "observer.drift"  # scenarios that create drift on purpose
+EACH_STEP_TAG = "observer.each-step"  # the observer runs after every step, not only every few seconds
+OBSERVER_TAGS = (DRIFT_TAG, EACH_STEP_TAG)
 
 
 def _say(message):
@@ -63,7 +65,7 @@ def _use_daemon():
 
 
 USERDATA = {"backend": "where VMs run: qemu (default), libvirt or multipass",
-            "product": "the product judged: vmfixtures (default) or agsekit",
+            "product": "the product judged: vmfixtures (default), agsekit or virtnbdbackup (disk backups, libvirt)",
             "agsekit": "the agsekit command to judge (default: the one the README's set-up installs)",
             "AllureFormatter.hide_excluded": "true: scenarios the tags did not select are left out of the Allure results"}
 
@@ -93,6 +95,9 @@ def _userdata(context):
         if not (shutil.which(command) or Path(command).is_file()):
             _refuse(f"-D product=agsekit: no agsekit at {command} (`./bootstrap test` installs it into "
                     ".venv-agsekit; or give -D agsekit=PATH)", 5)
+    if product == "virtnbdbackup" and not shutil.which("virtnbdbackup"):
+        _refuse("-D product=virtnbdbackup: no virtnbdbackup on PATH (the Debian package 'virtnbdbackup'; "
+                "`./bootstrap test` installs it)", 5)
     try:
         return backends.chosen(context.config.userdata.get("backend"), "-D backend")
     except VmfError as exc:
@@ -232,6 +237,10 @@ def before_scenario(context, scenario):
     if context.client is not None and not context.client.alive():
         _connect_daemon(context)  # a scenario may have killed it on purpose
     context.lease = None
+    for tag in scenario.effective_tags:
+        if tag.startswith("observer.") and tag not in OBSERVER_TAGS:
+            raise ConfigError(f"@{tag}: unknown observer tag (known: {', '.join('@' + t for t in OBSERVER_TAGS)})")
+    context.step_findings = []
     fixture_tags = [t for t in scenario.effective_tags if t.startswith("fixture.")]
     for tag in fixture_tags:
         if tag not in FIXTURES:
@@ -245,6 +254,13 @@ def before_scenario(context, scenario):
     context.driver = context.fixtures.driver
     context.pids = {}
     context.boot_ids = {}
+
+
+def after_step(context, step):
+    """Under @observer.each-step: an observer pass after every step, its findings kept with the step."""
+    scenario = context.scenario
+    if EACH_STEP_TAG in scenario.effective_tags and context.client is not None and step.status != "skipped":
+        context.step_findings.append((step.name, context.client.observe()["findings"]))
 
 
 def after_scenario(context, scenario):

@@ -207,6 +207,10 @@ class Product(ABC):
         """``data``: one dict per VM the product knows, with at least name and state."""
         self._unsupported("list VMs")
 
+    def network_info(self, name: str) -> Outcome:
+        """``data``: {"profile": nat|filtered|isolated, "allow": [ports], "addresses": ["a.b.c.d/n", ...]}."""
+        self._unsupported("report a VM's network")
+
     def accelerator(self) -> Outcome:
         """``data``: {"name": the accelerator VMs run on (kvm, tcg, ...), "reason": why}."""
         self._unsupported("report the accelerator")

@@ -76,7 +76,7 @@ class Vmfixtures(Product):
     distribution = "vmfixtures"  # the installed package whose version it reports
     supports = frozenset({"backups", "disk-backups", "vm-snapshots", "lifecycle", "daemon", "mounts", "agents",
                           "forwarding", "connectivity", "observer", "cli", "disks",
-                          "files", "security"})
+                          "files", "networks", "security", "workflow"})
 
     snapshot_format = SNAPSHOT_FORMAT
 
@@ -187,6 +187,13 @@ class Vmfixtures(Product):
     def list_vms(self) -> Outcome:
         o = self.run("list", "vm", "list", "--json")
         return _with_json(o)
+
+    def network_info(self, name: str) -> Outcome:
+        o = _with_json(self.run("vm info", "vm", "info", name, "--json"))
+        if o.done:
+            o.data = {"profile": o.data["profile"], "allow": o.data["allow"],
+                      "addresses": [a["address"] for a in o.data["addresses"]]}
+        return o
 
     def accelerator(self) -> Outcome:
         o = self.run("accel", "accel")
