@@ -281,16 +281,11 @@ class Host:
         import time
 
         peak = 0
-        status = Path(f"/proc/{proc.pid}/status")
         while True:
             try:
-                text = status.read_text()
+                peak = max(peak, Host.peak_memory_now(proc.pid))
             except (FileNotFoundError, ProcessLookupError):
                 return peak
-            m = re.search(r"^VmHWM:\s+(\d+) kB", text, re.MULTILINE)
-            if not m:  # a zombie has no memory left to report
-                return peak
-            peak = max(peak, int(m.group(1)) * 1024)
             time.sleep(every)
 
     # -- what an untrusted guest could reach or cost -------------------------------
@@ -350,8 +345,11 @@ class Host:
 
     @staticmethod
     def peak_memory_now(pid: int) -> int:
-        """The high-water mark (bytes) of ``pid``'s resident memory since start or the last reset."""
+        """The high-water mark (bytes) of ``pid``'s resident memory since start or the last reset;
+        ProcessLookupError once it has exited (a zombie has no memory left to report)."""
         m = re.search(r"^VmHWM:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.MULTILINE)
+        if not m:
+            raise ProcessLookupError(f"pid {pid} has exited")
         return int(m.group(1)) * 1024
 
     @staticmethod
