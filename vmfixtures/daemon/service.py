@@ -7,6 +7,7 @@ worker threads; the ledger records each step before it happens.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import threading
 import time
@@ -25,6 +26,8 @@ from ..spec import check_name, parse_vm
 from ..observer import Observer
 from .ledger import Ledger
 from .pool import Pool
+
+log = logging.getLogger("vmfixtures.daemon")
 
 SCOPES = ("scenario", "feature", "tag", "run", "persistent")
 
@@ -241,6 +244,7 @@ class FixtureService:
             raise ConfigError(f"storage: {storage!r} must be an absolute path")
         kind = backends.chosen(backend, "backend")
         driver = backends.backend_for(storage_path, name, kind)
+        began = time.monotonic()
         with self._vm_lock:
             if backends.recorded_backend(storage_path / name):
                 result = driver.create(spec, start=False)  # "exists", or Mismatch naming each field
@@ -248,7 +252,10 @@ class FixtureService:
             placed = self.pool.take(spec, storage_path, lease_id, owner, kind)
         if placed is None:
             placed = self._place(driver, spec, lease_id, owner)
-        self.ledger.event("vm-create", f"{storage}/{name}", {"source": placed.source, "lease": lease_id})
+        seconds = time.monotonic() - began
+        self.ledger.event("vm-create", f"{storage}/{name}", {"source": placed.source, "lease": lease_id,
+                                                             "seconds": round(seconds, 4)})
+        log.info("vm %s: from %s in %.4fs (lease %s)", name, placed.source, seconds, lease_id)  # bench/p0.py reads it
         return {"status": "created", "source": placed.source, "state": "running", "name": name}
 
     def _place(self, driver: Backend, spec, lease_id: str | None, owner: int | None):
