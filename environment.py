@@ -227,7 +227,11 @@ def before_scenario(context, scenario):
                 scenario.skip(reason=cap.reason)
                 return
     slug = re.sub(r"[^a-z0-9]+", "-", scenario.name.lower()).strip("-")[:60]
-    context.project = Project(context.scope.dir / "projects" / slug, context.scope)
+    folder, n = context.scope.dir / "projects" / slug, 1
+    while folder.exists():  # the examples of an outline share a name: each gets a project of its own
+        n += 1
+        folder = context.scope.dir / "projects" / f"{slug}-{n}"
+    context.project = Project(folder, context.scope)
     context.sut = evidence.OperatorLog(open_product(context.product_name, context.project, context.product_options))
     context.host = Host()
     lacking = context.sut.lacks(capability(scenario.feature.tags))

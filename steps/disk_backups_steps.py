@@ -308,33 +308,37 @@ def step_unchanged(context):
 @then("the restore is refused because the backup chain has a missing link")
 def step_refused_missing_link(context):
     o = context.outcome
-    assert o.refused_for(BROKEN_CHAIN), f"expected the restore refused for a missing link; {o.describe()}"
+    assert o.refused_for(BROKEN_CHAIN) and o.exit_code != 0, \
+        f"expected the restore refused for a missing link, with a non-zero exit; {o.describe()}"
 
 
 @then('the disk backup is refused because no VM named "{name}" exists')
 @then('the disk backup is refused because no VM matches "{name}"')
 def step_refused_unknown(context, name):
     o = context.outcome
-    assert o.refused_for(UNKNOWN_VM, name), f"expected the backup refused, naming the unknown VM '{name}'; " \
-                                            f"{o.describe()}"
+    assert o.refused_for(UNKNOWN_VM, name) and o.exit_code != 0, \
+        f"expected the backup refused naming '{name}', with a non-zero exit; {o.describe()}"
 
 
 @then('the disk backup is refused because "{name}" is not running')
 def step_refused_not_running(context, name):
     o = context.outcome
-    assert o.refused_for(NOT_RUNNING, name), f"expected the backup refused, '{name}' not running; {o.describe()}"
+    assert o.refused_for(NOT_RUNNING, name) and o.exit_code != 0, \
+        f"expected the backup refused, '{name}' not running, with a non-zero exit; {o.describe()}"
 
 
 @then("the disk backup is refused because a tool is missing")
 def step_refused_tool(context):
     o = context.outcome
-    assert o.refused_for(MISSING_TOOL), f"expected the backup refused for a missing tool; {o.describe()}"
+    assert o.refused_for(MISSING_TOOL) and o.exit_code != 0, \
+        f"expected the backup refused for a missing tool, with a non-zero exit; {o.describe()}"
 
 
 @then("the disk backup is refused because the destination is full")
 def step_refused_full(context):
     o = context.outcome
-    assert o.refused_for(NO_SPACE), f"expected the backup refused for want of space; {o.describe()}"
+    assert o.refused_for(NO_SPACE) and o.exit_code != 0, \
+        f"expected the backup refused for want of space, with a non-zero exit; {o.describe()}"
 
 
 @given("nothing else")

@@ -11,7 +11,7 @@ from .host import Host
 
 __all__ = ["Host", "Outcome", "Product", "PRODUCTS", "open_product"]
 
-PRODUCTS = ("vmfixtures", "agsekit")
+PRODUCTS = ("vmfixtures", "agsekit", "virtnbdbackup")
 
 
 def open_product(name: str, project, options: dict | None = None) -> Product:
@@ -25,6 +25,10 @@ def open_product(name: str, project, options: dict | None = None) -> Product:
         from .agsekit import Agsekit
 
         product = Agsekit(project, options.get("agsekit"))
+    elif name == "virtnbdbackup":
+        from .virtnbdbackup import Virtnbdbackup
+
+        product = Virtnbdbackup(project)
     else:
         raise ConfigError(f"-D product: unknown product {name!r} (known: {', '.join(PRODUCTS)})")
     project.render = product.render_config
