@@ -24,15 +24,30 @@ def test_unknown_period_is_a_config_error():
         disks.period_name(datetime(2026, 1, 1), "decade")
 
 
-def test_prune_keeps_the_newest_whole_chains(tmp_path):
-    for i, name in enumerate(["2026-09", "2026-10", "2026-11", "2026-11.2"]):
-        (tmp_path / name).mkdir()
-        disks._save_meta(tmp_path / name, {"vm": "web", "links": [{"file": "x", "kind": "full", "bytes": 1, "at": i}]})
+def test_prune_keeps_each_vms_newest_whole_chains(tmp_path):
+    for vm, names in (("web", ["2026-09", "2026-10", "2026-11", "2026-11.2"]), ("db", ["2026-08"])):
+        for i, name in enumerate(names):
+            (tmp_path / vm / name).mkdir(parents=True)
+            disks._save_meta(tmp_path / vm / name, {"vm": vm, "links": [{"file": "x", "kind": "full", "bytes": 1,
+                                                                          "at": i}]})
     gone = disks.prune(tmp_path, 2)
     assert [g.name for g in gone] == ["2026-09", "2026-10"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["2026-11", "2026-11.2"]
+    assert sorted(p.name for p in (tmp_path / "web").iterdir()) == ["2026-11", "2026-11.2"]
+    assert (tmp_path / "db" / "2026-08").is_dir()  # another VM's only chain is its newest
     with pytest.raises(ConfigError):
         disks.prune(tmp_path, 0)
+
+
+def test_a_pattern_selects_running_vms_and_must_match_one():
+    class Driver:
+        def process(self, name):
+            return name != "web-3"  # stopped
+
+    names = ["web-1", "web-2", "web-3", "db"]
+    assert disks.running_matches(lambda n: Driver(), names, "web-*") == ["web-1", "web-2"]
+    with pytest.raises(NotFound, match="no running VM matches 'ghost-\\*'"):
+        disks.running_matches(lambda n: Driver(), names, "ghost-*")
+    assert disks.is_pattern("web-*") and not disks.is_pattern("web-1")
 
 
 def test_restore_refuses_a_chain_with_a_missing_link(tmp_path):
@@ -66,7 +81,9 @@ def test_scrub_makes_the_next_backup_full(driver, tmp_path):
     driver.create(VMSpec("web"))
     assert disks.backup(driver, "web", tmp_path / "bk")["kind"] == "full"
     assert disks.backup(driver, "web", tmp_path / "bk")["kind"] == "incremental"
-    assert disks.scrub(driver, "web") is True
+    assert len(disks.scrub(driver, "web")) == 2  # both checkpoints
     link = disks.backup(driver, "web", tmp_path / "bk")
     assert link["kind"] == "full"
     assert len(disks.chains(tmp_path / "bk")) == 2
+    with pytest.raises(NotFound, match="no checkpoint 'vmfx.none'"):
+        disks.scrub(driver, "web", "vmfx.none")
