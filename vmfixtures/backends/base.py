@@ -65,6 +65,7 @@ MEMORY_SNAPSHOTS = "memory-snapshots"     # save a running VM's memory, restore 
 DIRTY_BITMAPS = "dirty-bitmap-backups"    # incremental disk backups from dirty bitmaps (QMP, libvirt checkpoints)
 DISK_HOTPLUG = "disk-hotplug"             # attach and detach data disks while the VM runs
 NETWORK_PROFILES = "network-profiles"     # nat / filtered / isolated networks (network.py)
+TEMPLATES = "templates"                   # memory snapshots whose RAM file clones share copy-on-write
 CAPABILITIES = (MEMORY_SNAPSHOTS, DIRTY_BITMAPS, DISK_HOTPLUG, NETWORK_PROFILES)
 
 # Data disks sit in PCI slots of their own, the same one at every boot and in every

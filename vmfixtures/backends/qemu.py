@@ -70,6 +70,7 @@ from .base import (
     DISK_HOTPLUG,
     MEMORY_SNAPSHOTS,
     NETWORK_PROFILES,
+    TEMPLATES,
     Backend,
     CreateResult,
     DataDisk,
@@ -122,7 +123,8 @@ class QemuBackend(Backend):
 
     name = "qemu"
     MEMORY_FILE = "mem.state"  # a QEMU migration stream
-    capabilities = frozenset({MEMORY_SNAPSHOTS, DIRTY_BITMAPS, DISK_HOTPLUG, NETWORK_PROFILES})
+    RAM_FILE = "ram.mem"  # a template's guest RAM (memory-backend-file); its clones map it copy-on-write
+    capabilities = frozenset({MEMORY_SNAPSHOTS, DIRTY_BITMAPS, DISK_HOTPLUG, NETWORK_PROFILES, TEMPLATES})
 
     def __init__(self, storage: Path | None = None, recipe: Recipe | None = None, quiet: bool = False):
         self.storage = Path(storage) if storage else paths.vms_dir()
@@ -209,8 +211,12 @@ class QemuBackend(Backend):
             meta["owner"] = owner_record(owner_pid)
         _write_json(self.vm_dir(name) / "vm.json", meta)
 
-    def create(self, spec: VMSpec, start: bool = True, owner_pid: int | None = None) -> CreateResult:
-        """Create (and by default start) a VM. Same spec again: "exists". Different: Mismatch."""
+    def create(self, spec: VMSpec, start: bool = True, owner_pid: int | None = None,
+               template: bool = False) -> CreateResult:
+        """Create (and by default start) a VM. Same spec again: "exists". Different: Mismatch.
+
+        ``template``: the guest's RAM lives in a shared file of the VM's folder (``RAM_FILE``), so
+        that ``snapshot`` leaves it to clones instead of writing it into the migration stream."""
         check_name(spec.name)
         require_arch(spec)
         vm_dir = self.vm_dir(spec.name)
@@ -228,7 +234,8 @@ class QemuBackend(Backend):
         try:
             subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(img.disk), "-F", "qcow2",
                             str(vm_dir / "disk.qcow2"), str(spec.disk)], check=True, capture_output=True, text=True)
-            self._record(vm_dir, spec, img.key, img.dir, owner_pid)
+            ram = {"file": str(vm_dir.resolve() / self.RAM_FILE), "share": True} if template else None
+            self._record(vm_dir, spec, img.key, img.dir, owner_pid, **({"ram": ram} if ram else {}))
         except BaseException as exc:
             shutil.rmtree(vm_dir, ignore_errors=True)
             if isinstance(exc, subprocess.CalledProcessError):
@@ -324,7 +331,7 @@ class QemuBackend(Backend):
                 l.close()
             clear_run_dir(vm_dir)
             raise
-        cmd = self._command(name, spec, img, accel, listeners, console_log, net_args)
+        cmd = self._command(name, spec, img, accel, listeners, console_log, net_args, self._ram(meta, incoming))
         if incoming:
             cmd += ["-S", "-incoming", "defer"]
         # Die with the owner only when the owner is this very process, and only when
@@ -360,11 +367,31 @@ class QemuBackend(Backend):
         boot.progress.step(f"ready in {boot.progress.elapsed():.1f}s (ssh 127.0.0.1:{info['ssh_port']})")
         return m
 
+    def _ram(self, meta: dict, incoming: Path | None) -> dict | None:
+        """The VM's file-backed RAM (a template's, shared; a clone's, private on the template's file), or None.
+
+        A clone whose template is gone (a stale snapshot was removed) boots on anonymous RAM again;
+        restoring its memory needs the same RAM layout, so that one is refused."""
+        ram = meta.get("ram")
+        if ram and not ram["share"] and not Path(ram["file"]).is_file():
+            if incoming:
+                raise NotFound(f"the template RAM file {ram['file']} this VM was cloned from is gone; "
+                               "destroy and re-create the VM")
+            return None
+        return ram
+
     def _command(self, name: str, spec: VMSpec, img: Image, accel, listeners: dict, console_log: Path,
-                 net_args: list[str]) -> list[str]:
+                 net_args: list[str], ram: dict | None = None) -> list[str]:
         fd = {s: listeners[s].fileno() for s in SOCKETS}
+        mib = spec.memory // 1024**2
+        machine = f"pc,accel={accel.name}"
+        ram_args = []
+        if ram:  # share=off: the clone's writes stay its own (copy-on-write); the template's go to the file
+            machine += ",memory-backend=ram"
+            ram_args = ["-object", f"memory-backend-file,id=ram,size={mib}M,mem-path={_qemu_opt(ram['file'])},"
+                                   f"share={'on' if ram['share'] else 'off'}"]
         cmd = [QEMU, "-name", f"guest={PREFIX}{name},debug-threads=off",
-               "-machine", f"pc,accel={accel.name}", "-smp", str(spec.cpus), "-m", f"{spec.memory // 1024**2}M",
+               "-machine", machine, *ram_args, "-smp", str(spec.cpus), "-m", f"{mib}M",
                "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
                "-kernel", str(img.kernel), "-initrd", str(img.initrd),
                "-append", f"console=ttyS0 root=/dev/vda rw quiet panic=-1 vmf.hostname={name}",
@@ -489,7 +516,7 @@ class QemuBackend(Backend):
     def _load_memory(self, name: str, mem: Path) -> None:
         """Feed a memory snapshot to the paused, waiting QEMU and resume the guest."""
         with self._qmp(name) as qmp:
-            qmp.cmd("migrate-set-capabilities", capabilities=[{"capability": "events", "state": True}])
+            qmp.cmd("migrate-set-capabilities", capabilities=self._migration_caps(name))
             qmp.cmd("migrate-incoming", uri=f"exec:cat {shlex.quote(str(mem))}")
             _wait_migration(qmp, self.accel().scale(60), f"restore of '{name}'")
             qmp.cmd("cont")
@@ -516,10 +543,19 @@ class QemuBackend(Backend):
         kill(proc)
 
     # -- memory snapshots -------------------------------------------------
+    def _migration_caps(self, name: str) -> list[dict]:
+        """Migration capabilities, the same on the saving and the loading side: a VM on file-backed RAM
+        migrates with ``x-ignore-shared`` (a template's shared RAM is left out of the stream, its clones
+        find it in the file; private RAM is written as usual) and the stream's layout depends on it."""
+        caps = [{"capability": "events", "state": True}]
+        if self._meta(name).get("ram"):
+            caps.append({"capability": "x-ignore-shared", "state": True})
+        return caps
+
     def _save_memory_and_end(self, name: str, proc: psutil.Process, mem: Path) -> None:
         """Pause the guest, write its memory to ``mem`` and end the VM's process."""
         with self._qmp(name) as qmp:
-            qmp.cmd("migrate-set-capabilities", capabilities=[{"capability": "events", "state": True}])
+            qmp.cmd("migrate-set-capabilities", capabilities=self._migration_caps(name))
             qmp.cmd("stop")
             qmp.cmd("migrate", uri=f"exec:cat > {shlex.quote(str(mem))}")
             _wait_migration(qmp, self.accel().scale(60), f"snapshot of '{name}'")
@@ -545,8 +581,12 @@ class QemuBackend(Backend):
         self._save_memory_and_end(name, proc, dest / self.MEMORY_FILE)
         os.rename(self.vm_dir(name) / "disk.qcow2", dest / "disk.qcow2")
         os.chmod(dest / "disk.qcow2", 0o444)
+        extra = {}
+        if meta.get("ram"):  # the RAM the stream left out: clones map this file
+            os.rename(meta["ram"]["file"], dest / self.RAM_FILE)
+            extra["ram"] = self.RAM_FILE
         _write_json(dest / "snapshot.json", {"spec": meta["spec"], "image": meta["image"],
-                                             "image_dir": meta["image_dir"], "created_at": time.time()})
+                                             "image_dir": meta["image_dir"], "created_at": time.time(), **extra})
         clear_run_dir(self.vm_dir(name))
         shutil.rmtree(self.vm_dir(name), ignore_errors=True)
         return dest
@@ -562,7 +602,9 @@ class QemuBackend(Backend):
         try:
             subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(snapshot / "disk.qcow2"),
                             "-F", "qcow2", str(vm_dir / "disk.qcow2")], check=True, capture_output=True, text=True)
-            self._record(vm_dir, spec, snap["image"], snap["image_dir"], owner_pid, snapshot=str(snapshot))
+            ram = {"file": str(Path(snapshot).resolve() / snap["ram"]), "share": False} if snap.get("ram") else None
+            self._record(vm_dir, spec, snap["image"], snap["image_dir"], owner_pid, snapshot=str(snapshot),
+                         **({"ram": ram} if ram else {}))
             # The ready line predates the snapshot: say in the log where this guest came from.
             with open(vm_dir / "console.log", "a") as log:
                 log.write(f"[vmfixtures] restored from memory snapshot {snapshot} at {time.ctime()}\n")
@@ -617,7 +659,7 @@ class QemuBackend(Backend):
         proc, dest, partial = self._new_snapshot_folder(name, tag)
         try:
             with self._qmp(name) as qmp:
-                qmp.cmd("migrate-set-capabilities", capabilities=[{"capability": "events", "state": True}])
+                qmp.cmd("migrate-set-capabilities", capabilities=self._migration_caps(name))
                 qmp.cmd("stop")
                 try:
                     qmp.cmd("migrate", uri=f"exec:cat > {shlex.quote(str(partial / 'mem.state'))}")

@@ -5,12 +5,17 @@ snapshot it (memory + frozen disk). A lease then gets, fastest first:
 
 1. ``pool``: an idle VM restored in advance; handing it off is a rename of
    its folder into the requester's storage plus a new hostname and clock;
-2. ``restore``: a fresh overlay on the snapshot disk and an incoming
-   migration from the snapshot file (about a second under TCG);
+2. ``template`` or ``restore``: a fresh overlay on the snapshot disk and an
+   incoming migration from the snapshot file. ``template`` where the backend
+   can (qemu): the template's guest RAM is a file the clone maps
+   copy-on-write, so the stream holds only device state and idle clones
+   share the template's pages; ``restore`` elsewhere (libvirt), or with
+   VMFIXTURES_TEMPLATES=off: the whole RAM is in the stream;
 3. ``boot``: the template boot itself, once per spec and image.
 
-A snapshot's key covers the image (its recipe hash) and the spec, so a new
-image or another spec never restores a stale snapshot.
+A snapshot's key covers the image (its recipe hash), the spec and whether its
+RAM is a template file, so a new image, another spec or the other kind of
+snapshot never restores a stale one.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from pathlib import Path
 
 
 from ..backends import Backend, open_backend
-from ..backends.base import MEMORY_SNAPSHOTS
+from ..backends.base import MEMORY_SNAPSHOTS, TEMPLATES
 from ..errors import VmfError
 from ..spec import VMSpec
 from .ledger import Ledger
@@ -39,15 +44,25 @@ class Placed:
     storage: Path
     name: str
     vm_id: int
-    source: str  # pool | restore | boot
+    source: str  # pool | template | restore | boot
 
 
-def pool_key(spec: VMSpec, image_key: str, backend: str = "qemu") -> str:
+def templates_wanted() -> bool:
+    """VMFIXTURES_TEMPLATES=off makes snapshots with the whole RAM in the stream (the path before templates)."""
+    value = os.environ.get("VMFIXTURES_TEMPLATES", "on").lower()
+    if value not in ("on", "off", "1", "0", "yes", "no"):
+        raise VmfError(f"VMFIXTURES_TEMPLATES={value!r}: expected on or off")
+    return value in ("on", "1", "yes")
+
+
+def pool_key(spec: VMSpec, image_key: str, backend: str = "qemu", template: bool = False) -> str:
     # The network is part of the VM's hardware and of what the snapshot's QEMU was started with.
     fields = {"image": image_key, "cpus": spec.cpus, "memory": spec.memory, "disk": spec.disk, "image_name": spec.image,
               "network": spec.network.to_config()}
     if backend != "qemu":  # qemu's keys predate backends; keep them valid
         fields["backend"] = backend
+    if template:  # a template's RAM is a file beside the stream: another kind of snapshot
+        fields["ram"] = "template"
     body = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(body.encode()).hexdigest()[:12]
 
@@ -55,8 +70,10 @@ def pool_key(spec: VMSpec, image_key: str, backend: str = "qemu") -> str:
 class Pool:
     """Snapshots and idle restored VMs under ``home``; ``idle_per_spec`` kept ready per spec."""
 
-    def __init__(self, home: Path, ledger: Ledger, idle_per_spec: int = 1, max_idle: int = 2, quiet: bool = True):
+    def __init__(self, home: Path, ledger: Ledger, idle_per_spec: int = 1, max_idle: int = 2, quiet: bool = True,
+                 templates: bool | None = None):
         self.home = Path(home)
+        self.templates = templates_wanted() if templates is None else templates
         self.ledger = ledger
         self.idle_per_spec = idle_per_spec
         self.max_idle = max_idle
@@ -93,8 +110,12 @@ class Pool:
             return [self.backend("libvirt")]
         return []
 
+    def templated(self, kind: str) -> bool:
+        """Whether snapshots on backend ``kind`` are templates (RAM in a file clones share)."""
+        return self.templates and self.backend(kind).supports(TEMPLATES)
+
     def key(self, spec: VMSpec, kind: str = "qemu") -> str:
-        return pool_key(spec, self.driver.image().key, kind)
+        return pool_key(spec, self.driver.image().key, kind, self.templated(kind))
 
     # -- snapshots ---------------------------------------------------------
     def snapshot_for(self, spec: VMSpec, kind: str = "qemu") -> tuple[Path, bool]:
@@ -114,7 +135,10 @@ class Pool:
             vm_id = self.ledger.add_vm(str(driver.storage), name, template.to_dict(), "creating", source="boot",
                                        backend=kind)
             try:
-                driver.create(template)
+                if self.templated(kind):
+                    driver.create(template, template=True)
+                else:
+                    driver.create(template)
                 self._record_process(vm_id, driver, name)
                 driver.snapshot(name, tmp)
                 _write_backend(tmp, kind)
@@ -142,8 +166,9 @@ class Pool:
         """Restore ``spec`` from its snapshot into ``driver``'s storage (recorded before acting)."""
         driver.require(MEMORY_SNAPSHOTS, "a VM from the warm pool")
         snap, made = self.snapshot_for(spec, driver.name)
+        how = "boot" if made else "template" if self.templated(driver.name) else "restore"
         vm_id = self.ledger.add_vm(str(driver.storage), spec.name, spec.to_dict(), "creating", lease_id=lease_id,
-                                   pool_key=pool_key_, source="boot" if made else "restore", backend=driver.name)
+                                   pool_key=pool_key_, source=how, backend=driver.name)
         try:
             self.ledger.add_disk(str(driver.vm_dir(spec.name) / "disk.qcow2"), vm_id, "overlay")  # before it exists
             boot = driver.create_from_snapshot(spec, snap, owner_pid)
@@ -156,7 +181,7 @@ class Pool:
             self.ledger.vm_destroyed(vm_id)
             raise
         self.ledger.update_vm(vm_id, state=state)
-        return Placed(driver.storage, spec.name, vm_id, "boot" if made else "restore")
+        return Placed(driver.storage, spec.name, vm_id, how)
 
     def refill(self) -> int:
         """Restore idle VMs until each known spec has ``idle_per_spec`` (bounded by ``max_idle``).
@@ -257,6 +282,7 @@ class Pool:
             snap = json.loads(meta.read_text())
             spec = VMSpec.from_dict(snap["spec"])
             kind = snap.get("backend", "qemu")
+            # self.key covers VMFIXTURES_TEMPLATES: the other kind of snapshot goes too (and its RAM file)
             if snap["image"] != image_key or self.key(spec, kind) != d.name or snap.get("created_at", 0) < built:
                 shutil.rmtree(d, ignore_errors=True)
                 self.ledger.remove_disk_path(str(d / "disk.qcow2"))
