@@ -25,6 +25,10 @@ def cache_entries(cache: Path) -> list[str]:
 
 
 def test_not_root_is_refused(cache, monkeypatch):
+    # As uid 1000 would have it: its own key, in a folder it owns (private folders are checked against geteuid).
+    folder = keys.ensure_keypair().parent
+    for path in (folder, *folder.iterdir()):
+        os.chown(path, 1000, 1000)
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     with pytest.raises(PermissionDenied, match="needs root"):
         images.build(Recipe(), quiet=True)
