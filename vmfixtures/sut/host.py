@@ -388,6 +388,7 @@ def _qmp_bitmaps(proc: psutil.Process, timeout: float = 30.0) -> list[str]:
     """Persistent dirty bitmaps of every block node of a QEMU, over the QMP socket it listens on
     (a plain JSON exchange, not the backend's client)."""
     import json
+    import socket
 
     paths = [c.laddr for c in proc.net_connections(kind="unix") if str(c.laddr).endswith("qmp.sock")]
     assert paths, f"QEMU pid {proc.pid} listens on no QMP socket"
