@@ -155,7 +155,7 @@ def main() -> int:
     for m, s in sorted(features, key=lambda x: -x[1]):
         print(f"    {s:7.1f} s  {m['name']}")
     steps_total = sum(in_steps.values())
-    print(f"  slowest 10 scenarios (wall / in steps):")
+    print("  slowest 10 scenarios (wall / in steps):")
     for m, s in sorted(scenarios, key=lambda x: -x[1])[:10]:
         print(f"    {s:7.1f} s / {in_steps.get(m['where'], 0.0):6.1f} s  {m['name']}  ({m['where']})")
     by_source: dict[str, list[float]] = {}

@@ -281,7 +281,7 @@ MUTANTS = [
     Mutant("restore-keeps-random-state",
            "a restored VM gets its clock set but not its random generator reseeded: siblings draw the same numbers",
            "vmfixtures/backends/qemu.py",
-           "            m.agent.set_time()\n            reseed_entropy(m)\n", "            m.agent.set_time()\n",
+           "_FRESHEN = (_RESEED + '; read(", "_FRESHEN = ('read(STDIN, my $s, 64); ' + '; read(",
            _sel("untrusted_guest.feature", "draw different random numbers")),
     Mutant("sftp-unconfined",
            "the SFTP server of a mount runs without bubblewrap: it sees the whole host",
