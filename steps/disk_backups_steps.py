@@ -305,40 +305,35 @@ def step_unchanged(context):
                                       f"changed or removed {changed}; {context.outcome.describe()}"
 
 
+def _refused(context, kind, what, subject=None):
+    o = context.outcome
+    assert o.refused_for(kind, subject) and o.exit_code != 0, f"expected {what}, with a non-zero exit; {o.describe()}"
+
+
 @then("the restore is refused because the backup chain has a missing link")
 def step_refused_missing_link(context):
-    o = context.outcome
-    assert o.refused_for(BROKEN_CHAIN) and o.exit_code != 0, \
-        f"expected the restore refused for a missing link, with a non-zero exit; {o.describe()}"
+    _refused(context, BROKEN_CHAIN, "the restore refused for a missing link")
 
 
 @then('the disk backup is refused because no VM named "{name}" exists')
 @then('the disk backup is refused because no VM matches "{name}"')
 def step_refused_unknown(context, name):
-    o = context.outcome
-    assert o.refused_for(UNKNOWN_VM, name) and o.exit_code != 0, \
-        f"expected the backup refused naming '{name}', with a non-zero exit; {o.describe()}"
+    _refused(context, UNKNOWN_VM, f"the backup refused naming '{name}'", name)
 
 
 @then('the disk backup is refused because "{name}" is not running')
 def step_refused_not_running(context, name):
-    o = context.outcome
-    assert o.refused_for(NOT_RUNNING, name) and o.exit_code != 0, \
-        f"expected the backup refused, '{name}' not running, with a non-zero exit; {o.describe()}"
+    _refused(context, NOT_RUNNING, f"the backup refused, '{name}' not running", name)
 
 
 @then("the disk backup is refused because a tool is missing")
 def step_refused_tool(context):
-    o = context.outcome
-    assert o.refused_for(MISSING_TOOL) and o.exit_code != 0, \
-        f"expected the backup refused for a missing tool, with a non-zero exit; {o.describe()}"
+    _refused(context, MISSING_TOOL, "the backup refused for a missing tool")
 
 
 @then("the disk backup is refused because the destination is full")
 def step_refused_full(context):
-    o = context.outcome
-    assert o.refused_for(NO_SPACE) and o.exit_code != 0, \
-        f"expected the backup refused for want of space, with a non-zero exit; {o.describe()}"
+    _refused(context, NO_SPACE, "the backup refused for want of space")
 
 
 @given("nothing else")
