@@ -100,3 +100,29 @@ Feature: The guest is untrusted
     And from inside "sandbox" an attacker hunts for the host's control sockets and tries to remove them
     Then the attacker found none of the daemon's sockets nor those of "neighbour"
     And those sockets are still in place on the host, in folders only the host user can enter
+
+  @requires.network-profiles @requires.root
+  Scenario Outline: Services on the host's loopback are out of the guest's reach on the <network> network
+    Given a service listens on the host's loopback only
+    And a VM "sandbox" on the <network> network is running
+    When the guest of "sandbox" tries every address the host could have for it
+    Then the loopback service never saw the guest
+
+    Examples:
+      | network  |
+      | default  |
+      | isolated |
+
+  @requires.network-profiles @requires.root
+  Scenario: Services on the host's loopback stay out of reach even when the guest's network allows their port
+    Given a service listens on the host's loopback only
+    And a VM "sandbox" on a network filtered to the port of that service is running
+    When the guest of "sandbox" tries every address the host could have for it
+    Then the loopback service never saw the guest
+
+  @requires.network-profiles
+  Scenario: A VM cannot reach another VM over the network
+    Given the VMs "sandbox" and "neighbour" are running
+    And the guest of "neighbour" serves on port 8000
+    When the guest of "sandbox" tries every address "neighbour" could have
+    Then the guest of "neighbour" never heard from "sandbox"

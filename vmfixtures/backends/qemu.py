@@ -103,9 +103,15 @@ class Boot:
         """Kill the half-booted QEMU, drop its sockets, and return ``exc`` reworded to say
         what QEMU itself complained about when it exited on its own (a bad disk, say)."""
         exited = self.proc.poll()
+        if exited is None and isinstance(exc, OSError):
+            try:  # a socket reset: QEMU is on its way out; let it finish saying why
+                exited = self.proc.wait(2)
+            except subprocess.TimeoutExpired:
+                pass
         kill(psutil.Process(self.proc.pid) if exited is None else None)
         clear_run_dir(self.vm_dir)
-        if not isinstance(exc, VmfError):
+        # A socket of a QEMU that just exited resets (OSError): that is QEMU's failure, told below.
+        if not isinstance(exc, (VmfError, OSError)):
             return exc
         detail = str(exc)
         if exited is not None:
@@ -113,8 +119,9 @@ class Boot:
                 log.seek(self.log_offset)
                 said = log.read().decode(errors="replace").strip().splitlines()[-3:]
             detail = f"QEMU exited with code {exited}: {' / '.join(said) or '(nothing in its log)'}"
-        return type(exc)(f"{what}: {detail}\n  console log: {self.vm_dir / 'console.log'}\n"
-                         f"  qemu log: {self.vm_dir / 'qemu.log'}")
+        kind = type(exc) if isinstance(exc, VmfError) else GuestError
+        return kind(f"{what}: {detail}\n  console log: {self.vm_dir / 'console.log'}\n"
+                    f"  qemu log: {self.vm_dir / 'qemu.log'}")
 
 
 
