@@ -68,6 +68,7 @@ def measure(kind: str, runs: int, root: Path) -> dict[str, list[float]]:
     """Pooled lease, restore on demand and cold boot on backend ``kind``, with a private daemon
     of its own (one idle VM at most: the pool holds exactly the VM the next lease takes)."""
     tmp = root / kind
+    tmp.mkdir(mode=0o700)  # the daemon's socket folder must be private
     os.environ["VMFIXTURES_STATE_DIR"] = str(tmp / "state")
     client = Client(tmp / "d.sock")
     start_daemon(client.socket_path, ["--idle", "1", "--max-idle", "1"])
