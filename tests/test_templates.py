@@ -1,0 +1,52 @@
+"""Templated snapshots on real QEMU: the RAM beside a small stream, clones sharing it copy-on-write."""
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from vmfixtures.daemon.pool import pool_key
+from vmfixtures.spec import VMSpec
+
+pytestmark = pytest.mark.vm
+
+
+def test_a_template_is_another_kind_of_snapshot():
+    spec = VMSpec("x")
+    assert pool_key(spec, "img") != pool_key(spec, "img", template=True)
+    assert pool_key(spec, "img") == pool_key(VMSpec("y"), "img")  # the name is not part of it
+
+
+def _cmdline(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+
+
+def test_clones_map_the_template_ram_privately_and_differ(driver, tmp_path):
+    driver.create(VMSpec("tmpl"), template=True)
+    snap = driver.snapshot("tmpl", tmp_path / "snap")
+    ram = snap / driver.RAM_FILE
+    assert ram.stat().st_size == VMSpec("tmpl").memory, "expected the whole guest RAM in the template's file"
+    assert (snap / driver.MEMORY_FILE).stat().st_size < 8 * 1024**2, "expected device state only in the stream"
+    assert json.loads((snap / "snapshot.json").read_text())["ram"] == driver.RAM_FILE
+    assert not driver.vm_dir("tmpl").exists(), "expected the template VM's folder gone with the snapshot"
+
+    seen = {}
+    for name in ("c1", "c2"):
+        m = driver.wait_restored(name, driver.create_from_snapshot(VMSpec(name), snap))
+        pid = driver.process(name).pid
+        backend = next(a for a in _cmdline(pid) if a.startswith("memory-backend-file"))
+        assert f"mem-path={ram.resolve()}" in backend and "share=off" in backend, backend
+        maps = Path(f"/proc/{pid}/maps").read_text()
+        assert str(ram.resolve()) in maps, f"expected QEMU pid {pid} to map {ram}"
+        guest_now = float(m.succeed("date +%s.%N"))
+        assert abs(guest_now - time.time()) < 2.0, f"expected the clone's clock set, it is {guest_now - time.time():+.1f}s off"
+        seen[name] = (m.succeed("hostname").strip(), m.succeed("head -c 16 /dev/urandom | od -An -tx1").strip())
+    assert seen["c1"][0] == "c1" and seen["c2"][0] == "c2", seen
+    assert seen["c1"][1] != seen["c2"][1], f"expected clones to draw different random numbers: {seen}"
+
+    m = driver.machine("c1")  # a clone's own snapshot (whole private RAM, same capabilities) restores
+    m.succeed("echo mine > /root/note")
+    driver.save_vm_snapshot("c1", "s")
+    m.succeed("rm /root/note")
+    assert driver.restore_vm_snapshot("c1", "s").succeed("cat /root/note").strip() == "mine"
