@@ -34,6 +34,7 @@ from pathlib import Path
 import psutil
 
 from .errors import ConfigError, MissingDependency, PermissionDenied, VmfError
+from .files import read_json, write_atomically
 from .procs import CHILDREN, ProcessId, kill
 
 PROFILES = ("nat", "filtered", "isolated")
@@ -139,10 +140,7 @@ class Network:
 
 
 def read_record(run: Path) -> dict | None:
-    try:
-        return json.loads((Path(run) / RECORD).read_text())
-    except (OSError, ValueError):
-        return None
+    return read_json(Path(run) / RECORD)
 
 
 def teardown(run: Path) -> None:
@@ -241,9 +239,7 @@ def _listening(proc: subprocess.Popen, port: int, sock: Path, timeout: float = 5
 
 
 def _write(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
+    write_atomically(path, json.dumps(data))
 
 
 def describe(driver, name: str) -> dict:

@@ -34,6 +34,7 @@ import psutil
 
 from .daemon.ledger import Ledger
 from . import network
+from .files import read_json
 from .procs import ProcessId, kill
 from .backends import open_backend
 from .backends.qemu import orphan_qemus, orphan_run_dirs
@@ -307,7 +308,7 @@ def _stray_network_helpers() -> list[Finding]:
         if time.time() - started < HELPER_GRACE:
             continue  # a VM starting up: passt comes first, QEMU connects a moment later
         run = network.read_record(folder) if folder.is_dir() else None
-        qemu = ProcessId.from_record(_json(folder / "run.json")) if run else None
+        qemu = ProcessId.from_record(read_json(folder / "run.json")) if run else None
         if not run or not (qemu and qemu.process()):
             findings.append(Finding("stray-network-helper", f"passt pid {proc.pid}",
                                     f"serves {folder}, which {'has no running VM' if run else 'no longer exists'}",
@@ -317,13 +318,6 @@ def _stray_network_helpers() -> list[Finding]:
             findings.append(Finding("stray-firewall", f"nftables table {table}",
                                     "of a filtered VM whose passt is gone", "drop it (`vmfixtures observe --fix`)"))
     return findings
-
-
-def _json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _label(row: dict) -> str:

@@ -214,16 +214,11 @@ class Host:
         out = machine.succeed(["ip", "-4", "-o", "addr", "show"])
         return [f.split()[3] for f in out.splitlines() if len(f.split()) > 3 and f.split()[1] != "lo"]
 
-    @classmethod
-    def guest_connect(cls, machine, address: str, port: int, timeout: float = 3.0) -> str:
-        """Open a TCP connection from inside the guest and return the first line the other end sent,
-        or ``error: ...``: the attempt an agent in the guest would make."""
-        return cls.guest_connect_all(machine, [(address, port)], timeout)[f"{address}:{port}"]
-
     @staticmethod
     def guest_connect_all(machine, targets: list[tuple[str, int]], timeout: float = 3.0) -> dict[str, str]:
-        """``guest_connect`` to every (address, port) at once, from one process of the guest's own
-        python3 (as root): ``"address:port"`` -> first line received, or ``error: ...``."""
+        """Open a TCP connection to every (address, port) at once from inside the guest (one process of
+        its own python3, as root: the attempt an agent in the guest would make); ``"address:port"`` ->
+        the first line the other end sent, or ``error: ...``."""
         import json
 
         probe = ("import json,socket,sys,threading\n"
