@@ -26,6 +26,9 @@ TCG_DEADLINE = 120.0
 QEMU = "qemu-system-x86_64"
 
 
+KERNEL_ARGS = "console=ttyS0 root=/dev/vda rw quiet panic=-1"
+
+
 @dataclass
 class Accel:
     """The accelerator in use, why, and how long a probe boot took."""
@@ -33,6 +36,13 @@ class Accel:
     name: str  # "kvm" or "tcg"
     reason: str
     probe_seconds: float  # boot-to-probe-line with the chosen accelerator
+
+    def kernel_args(self, hostname: str) -> str:
+        """The guest kernel's command line. Under TCG without address-space randomisation: TCG caches
+        translated code by virtual address, so a process whose libraries land elsewhere than the last
+        one's translates them all again (exec of /bin/true 25 ms -> 6 ms, perl 73 -> 17 ms here).
+        The guest only loses hardening against its own programs; the host boundary is unchanged."""
+        return KERNEL_ARGS + (" norandmaps" if self.name == "tcg" else "") + f" vmf.hostname={hostname}"
 
     def scale(self, base: float) -> float:
         """A timeout of ``base`` seconds on a machine where a probe boot takes 4 s."""

@@ -235,7 +235,7 @@ class LibvirtBackend(QemuBackend):
   <vcpu>{spec.cpus}</vcpu>
   <os><type arch='x86_64' machine='pc'>hvm</type>
     <kernel>{escape(str(img.kernel))}</kernel><initrd>{escape(str(img.initrd))}</initrd>
-    <cmdline>console=ttyS0 root=/dev/vda rw quiet panic=-1 vmf.hostname={escape(name)}</cmdline></os>
+    <cmdline>{escape(self.accel().kernel_args(name))}</cmdline></os>
   <features><acpi/></features>{cpu}
   <on_poweroff>destroy</on_poweroff><on_reboot>destroy</on_reboot><on_crash>destroy</on_crash>
   <devices>

@@ -24,6 +24,7 @@ import shlex
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -37,7 +38,7 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from .. import keys, paths
 from ..capabilities import require_arch
-from ..guest.agent import TRANSCRIPT
+from ..guest.agent import AGENT_RELAY_SOCKET, TRANSCRIPT
 from ..errors import (
     GuestError,
     Mismatch,
@@ -58,6 +59,7 @@ from ..procs import (
     die_with_parent,
     kill,
     live_process,
+    no_huge_pages_for_children,
     owner_record,
     process_alive,
     wait_exit,
@@ -83,6 +85,7 @@ PREFIX = "vmfx-"
 QEMU = "qemu-system-x86_64"
 READY_LINE = r"vmfixtures: ready"
 SOCKETS = ("qmp", "qga", "console")
+RELAY = Path(__file__).resolve().parent.parent / "guest" / "relay.py"
 
 
 @dataclass
@@ -345,6 +348,7 @@ class QemuBackend(Backend):
         # spawned from the main thread: PDEATHSIG fires when the forking *thread* exits.
         owned = ((meta.get("owner") or {}).get("pid") == os.getpid()
                  and threading.current_thread() is threading.main_thread())
+        no_huge_pages_for_children()
         with open(vm_dir / "qemu.log", "ab") as log:
             log_offset = log.tell()
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=vm_dir,
@@ -353,8 +357,10 @@ class QemuBackend(Backend):
         CHILDREN[proc.pid] = proc
         for l in listeners.values():
             l.close()  # QEMU holds its own copies now
+        relay = _start_agent_relay(run, vm_dir)
         info = {"pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time(), "accel": accel.name,
-                "accel_reason": accel.reason, "started_at": time.time(), "cmdline": cmd}
+                "accel_reason": accel.reason, "started_at": time.time(), "cmdline": cmd,
+                "agent_relay": relay.record()}
         _write_json(run / "run.json", info)
         return Boot(proc, info, offset, progress, vm_dir, log_offset)
 
@@ -401,7 +407,7 @@ class QemuBackend(Backend):
                "-machine", machine, *ram_args, "-smp", str(spec.cpus), "-m", f"{mib}M",
                "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
                "-kernel", str(img.kernel), "-initrd", str(img.initrd),
-               "-append", f"console=ttyS0 root=/dev/vda rw quiet panic=-1 vmf.hostname={name}",
+               "-append", accel.kernel_args(name),
                "-blockdev", "driver=file,filename=disk.qcow2,node-name=disk0-file",
                "-blockdev", "driver=qcow2,file=disk0-file,node-name=disk0",
                "-device", "virtio-blk-pci,drive=disk0,id=vda",
@@ -927,11 +933,39 @@ def make_run_dir(vm_dir: Path) -> Path:
     return target
 
 
+def _start_agent_relay(run: Path, vm_dir: Path) -> ProcessId:
+    """Start the process that holds QEMU's guest agent socket for the VM's life (see guest/relay.py).
+
+    Its listening socket is made here, before it runs, so clients queue on it at once instead of
+    reaching QEMU's socket around it. It ends by itself when QEMU closes the agent socket."""
+    listener = _listen(run / AGENT_RELAY_SOCKET)
+    try:
+        with open(vm_dir / "qemu.log", "ab") as log:
+            proc = subprocess.Popen([sys.executable, "-I", "-S", str(RELAY), str(run / "qga.sock"),
+                                     str(listener.fileno())], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                    pass_fds=[listener.fileno()], start_new_session=True)
+    finally:
+        listener.close()
+    CHILDREN[proc.pid] = proc
+    return ProcessId.of(proc.pid)
+
+
+def _stop_agent_relay(run: Path) -> None:
+    try:
+        record = json.loads((run / "run.json").read_text()).get("agent_relay")
+    except (OSError, ValueError):
+        return
+    pid = ProcessId.from_record(record)
+    if pid:
+        kill(pid.process())
+
+
 def clear_run_dir(vm_dir: Path) -> None:
     """Remove the VM's socket folder and its link; fine if neither exists."""
     link = vm_dir / "run"
     if link.exists():
         network.teardown(link)  # passt and a filtered VM's firewall table live as long as the sockets
+        _stop_agent_relay(link)
     if link.is_symlink():
         try:
             shutil.rmtree(os.readlink(link), ignore_errors=True)

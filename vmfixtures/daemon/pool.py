@@ -55,10 +55,15 @@ def templates_wanted() -> bool:
     return value in ("on", "1", "yes")
 
 
+# What a snapshot's guest was set up with beyond its image: bump when that changes (kernel arguments,
+# what the agent relay leaves connected), so that no daemon restores a template made the old way.
+GUEST_SETUP = 2
+
+
 def pool_key(spec: VMSpec, image_key: str, backend: str = "qemu", template: bool = False) -> str:
     # The network is part of the VM's hardware and of what the snapshot's QEMU was started with.
     fields = {"image": image_key, "cpus": spec.cpus, "memory": spec.memory, "disk": spec.disk, "image_name": spec.image,
-              "network": spec.network.to_config()}
+              "network": spec.network.to_config(), "guest": GUEST_SETUP}
     if backend != "qemu":  # qemu's keys predate backends; keep them valid
         fields["backend"] = backend
     if template:  # a template's RAM is a file beside the stream: another kind of snapshot

@@ -38,6 +38,7 @@ CHUNK = 48 * 1024
 MAX_REPLY = 24 * 1024**2
 MAX_FILE = 64 * 1024**2  # read_file: more is refused, whatever the guest claims about end of file
 TRANSCRIPT = "qga.transcript"  # beside the socket, in the VM's folder: evidence when a scenario fails
+AGENT_RELAY_SOCKET = "agent.sock"  # beside QEMU's socket: the relay that holds it (guest/relay.py)
 
 
 class GuestAgent:
@@ -49,14 +50,26 @@ class GuestAgent:
         self._buf = bytearray()
 
     # -- transport -------------------------------------------------------
+    def _open(self, timeout: float) -> socket.socket:
+        """A connection through the VM's agent relay when one runs (it holds QEMU's socket), else to QEMU's."""
+        relay = self.socket_path.with_name(AGENT_RELAY_SOCKET)
+        for path in (relay, self.socket_path):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            try:
+                sock.connect(str(path))
+                return sock
+            except (FileNotFoundError, ConnectionRefusedError) as exc:
+                sock.close()
+                if path == self.socket_path:
+                    raise GuestError(f"guest agent socket {path}: {exc}") from None
+            except OSError as exc:
+                sock.close()
+                raise GuestError(f"guest agent socket {path}: {exc}") from None
+        raise AssertionError("unreachable")
+
     def connect(self, timeout: float = 5.0) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        try:
-            sock.connect(str(self.socket_path))
-        except OSError as exc:
-            sock.close()
-            raise GuestError(f"guest agent socket {self.socket_path}: {exc}") from None
+        sock = self._open(timeout)
         self._sock, self._buf = sock, bytearray()
         token = random.randint(1, 2**31)
         self._send({"execute": "guest-sync-delimited", "arguments": {"id": token}})
@@ -186,16 +199,17 @@ class GuestAgent:
             args["env"] = [f"{k}={v}" for k, v in env.items()]
         pid = self.call("guest-exec", timeout=timeout, **args)["pid"]
         deadline = time.monotonic() + timeout
-        delay = 0.002
-        # The agent offers no completion event; poll with a short, growing interval.
+        polls = 0
+        # The agent offers no completion event; poll every 2 ms for the first ~60 ms (most commands end
+        # by then: a status poll costs the guest ~0.5 ms), then with a growing interval.
         while True:
             status = self.call("guest-exec-status", timeout=timeout, pid=pid)
             if status.get("exited"):
                 break
             if time.monotonic() > deadline:
                 raise Timeout(f"guest command {argv!r} still running after {timeout:.0f}s")
-            time.sleep(delay)
-            delay = min(delay * 2, 0.1)
+            polls += 1
+            time.sleep(0.002 if polls < 30 else min(0.002 * 1.5 ** (polls - 30), 0.1))
         decode = lambda key: base64.b64decode(status.get(key, ""), validate=True).decode(errors="replace")
         code = status.get("exitcode", 128 + status.get("signal", 0))
         return ExecResult(" ".join(argv), code, decode("out-data"), decode("err-data"))
