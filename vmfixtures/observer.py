@@ -153,6 +153,7 @@ class Observer:
             findings.append(Finding("orphan-socket", str(d), f"socket folder of {(d / 'vm_dir').read_text()}, "
                                     "which no longer exists", "remove it (`vmfixtures observe --fix`)"))
         findings += _stray_network_helpers()
+        findings += _stray_agent_relays()
         for tunnel in self.ledger.live_tunnels():
             if not _tunnel_alive(tunnel):
                 findings.append(Finding("tunnel-down", f"tunnel {tunnel['id']} {tunnel['kind']} {tunnel['bind']}",
@@ -263,7 +264,7 @@ class Observer:
 
                 if destroy_domain(f.object.split()[-1]):
                     done.append(f"destroyed {f.object}")
-            elif f.type == "stray-network-helper":
+            elif f.type in ("stray-network-helper", "stray-agent-relay"):
                 kill(ProcessId.of(int(f.object.split()[-1])).process())
                 done.append(f"killed {f.object}")
             elif f.type == "stray-firewall":
@@ -317,6 +318,26 @@ def _stray_network_helpers() -> list[Finding]:
         if int(table.removeprefix(network.TABLE_PREFIX)) not in groups:
             findings.append(Finding("stray-firewall", f"nftables table {table}",
                                     "of a filtered VM whose passt is gone", "drop it (`vmfixtures observe --fix`)"))
+    return findings
+
+
+def _stray_agent_relays() -> list[Finding]:
+    """Guest agent relays whose VM's QEMU is gone (a relay ends by itself when QEMU closes its socket)."""
+    from .backends.qemu import our_relays
+
+    findings = []
+    for proc, folder in our_relays():
+        try:
+            started = proc.create_time()
+        except psutil.Error:
+            continue
+        if time.time() - started < HELPER_GRACE:
+            continue
+        qemu = ProcessId.from_record(read_json(folder / "run.json")) if folder.is_dir() else None
+        if not (qemu and qemu.process()):
+            findings.append(Finding("stray-agent-relay", f"agent relay pid {proc.pid}",
+                                    f"holds {folder / 'qga.sock'}, whose VM is not running",
+                                    "kill it (`vmfixtures observe --fix`)"))
     return findings
 
 

@@ -950,6 +950,16 @@ def _start_agent_relay(run: Path, vm_dir: Path) -> ProcessId:
     return ProcessId.of(proc.pid)
 
 
+def our_relays() -> list[tuple[psutil.Process, Path]]:
+    """(process, socket folder) of agent relays of ours (for leak checks: each ends with its QEMU)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if str(RELAY) in cmd and cmd.index(str(RELAY)) + 1 < len(cmd):
+            found.append((proc, Path(cmd[cmd.index(str(RELAY)) + 1]).parent))
+    return found
+
+
 def _stop_agent_relay(run: Path) -> None:
     try:
         record = json.loads((run / "run.json").read_text()).get("agent_relay")

@@ -55,15 +55,17 @@ def templates_wanted() -> bool:
     return value in ("on", "1", "yes")
 
 
-# What a snapshot's guest was set up with beyond its image: bump when that changes (kernel arguments,
-# what the agent relay leaves connected), so that no daemon restores a template made the old way.
+# What a snapshot's guest was set up with beyond its image and kernel arguments: bump when that changes
+# (the agent relay leaves the agent's channel connected), so that no daemon restores a template made the old way.
 GUEST_SETUP = 2
 
 
-def pool_key(spec: VMSpec, image_key: str, backend: str = "qemu", template: bool = False) -> str:
-    # The network is part of the VM's hardware and of what the snapshot's QEMU was started with.
+def pool_key(spec: VMSpec, image_key: str, backend: str = "qemu", template: bool = False,
+             kernel_args: str = "") -> str:
+    # The network is part of the VM's hardware and of what the snapshot's QEMU was started with; the kernel's
+    # arguments of what its guest booted with (a restored guest keeps them, whatever its clone is started with).
     fields = {"image": image_key, "cpus": spec.cpus, "memory": spec.memory, "disk": spec.disk, "image_name": spec.image,
-              "network": spec.network.to_config(), "guest": GUEST_SETUP}
+              "network": spec.network.to_config(), "guest": GUEST_SETUP, "kernel_args": kernel_args}
     if backend != "qemu":  # qemu's keys predate backends; keep them valid
         fields["backend"] = backend
     if template:  # a template's RAM is a file beside the stream: another kind of snapshot
@@ -120,7 +122,9 @@ class Pool:
         return self.templates and self.backend(kind).supports(TEMPLATES)
 
     def key(self, spec: VMSpec, kind: str = "qemu") -> str:
-        return pool_key(spec, self.driver.image().key, kind, self.templated(kind))
+        accel = getattr(self.backend(kind), "accel", None)  # backends that boot our kernel themselves
+        return pool_key(spec, self.driver.image().key, kind, self.templated(kind),
+                        accel().kernel_args("") if accel else "")
 
     # -- snapshots ---------------------------------------------------------
     def snapshot_for(self, spec: VMSpec, kind: str = "qemu") -> tuple[Path, bool]:

@@ -23,6 +23,7 @@ from .. import keys, paths
 from ..errors import MissingDependency, NotFound, PermissionDenied, VmfError
 from ..progress import Progress
 from ..sizes import parse_size
+from .kernel import write_vmlinux
 from .mirror import resolve_mirror
 from .recipe import Recipe
 
@@ -52,7 +53,9 @@ class Image:
 
     @property
     def kernel(self) -> Path:
-        return self.dir / "vmlinuz"
+        """The uncompressed PVH kernel when the build made one (boots faster), else the bzImage."""
+        elf = self.dir / "vmlinux"
+        return elf if elf.exists() else self.dir / "vmlinuz"
 
     @property
     def initrd(self) -> Path:
@@ -191,6 +194,10 @@ def _build_into(recipe: Recipe, key: str, mirror: str, work: Path, progress: Pro
     progress.step(f"kernel {kver}; writing the fast init and the installation key")
     _customize(recipe, rootfs)
     shutil.copy2(rootfs / "boot" / f"vmlinuz-{kver}", work / "vmlinuz")
+    if recipe.kernel_format == "pvh-elf":
+        why_not = write_vmlinux(work / "vmlinuz", work / "vmlinux")
+        progress.step("kernel unpacked for PVH boot (vmlinux)" if why_not is None else
+                      f"kernel kept compressed ({why_not}): boots ~0.25 s slower under TCG")
     shutil.copy2(rootfs / "etc/ssh/ssh_host_ed25519_key.pub", work / "ssh_host_ed25519_key.pub")
 
     progress.step("building the initramfs")

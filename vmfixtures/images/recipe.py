@@ -32,6 +32,7 @@ class Recipe:
         "button", "evdev", "fuse",
     )
     disk_size: str = "2G"
+    kernel_format: str = "pvh-elf"  # the kernel unpacked at build for QEMU's PVH entry; "bzimage" keeps it packed
     init: str = "busybox"  # "systemd" is a possible future recipe; not built yet
 
     def guest_file(self, name: str) -> bytes:
