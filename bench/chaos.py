@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vmfixtures.client import Client, start_daemon  # noqa: E402
-from vmfixtures.backends.qemu import QemuBackend, our_qemu_processes, run_dirs_of  # noqa: E402
+from vmfixtures.backends.qemu import QemuBackend, our_qemu_processes, our_relays, run_dirs_of  # noqa: E402
 from vmfixtures.procs import wait_exit  # noqa: E402
 from vmfixtures.scope import RunScope  # noqa: E402
 from vmfixtures.testkit import Project, spawn_runner  # noqa: E402
@@ -32,6 +32,8 @@ from vmfixtures.testkit import Project, spawn_runner  # noqa: E402
 
 def leftovers(root: Path, storage: Path) -> dict[str, list]:
     return {"qemu processes": [p.pid for p in our_qemu_processes(root)],
+            "agent relays": [p.pid for p, folder in our_relays() if not folder.exists() or
+                             (folder / "vm_dir").read_text().startswith(str(root))],
             "overlay disks": [str(p) for p in storage.rglob("disk.qcow2")] if storage.exists() else [],
             "sockets": [str(p) for p in root.rglob("*.sock") if p.name != "d.sock"]
             + [str(d) for d in run_dirs_of(root)],
@@ -88,7 +90,7 @@ def main() -> int:
           f"({reclaimed_total} leftovers reclaimed at start-ups)")
     for kind, items in left.items():
         print(f"leaked {kind}: {len(items)} {items[:5] if items else ''}")
-    print("target: 0 leaked QEMU processes, overlays, sockets or template RAM files:", "MET" if not any(left.values()) else "MISSED")
+    print("target: 0 leaked QEMU processes, agent relays, overlays, sockets or template RAM files:", "MET" if not any(left.values()) else "MISSED")
     return 1 if any(left.values()) else 0
 
 

@@ -611,6 +611,9 @@ class LibvirtAgent(GuestAgent):
 
         return nullcontext(self)
 
+    def calls(self, commands: list[tuple[str, dict]], timeout: float = 10.0) -> list[object]:
+        return [self.call(command, timeout, **arguments) for command, arguments in commands]
+
     def call(self, command: str, timeout: float = 10.0, **arguments) -> object:
         import libvirt_qemu
 

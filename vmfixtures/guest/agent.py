@@ -41,6 +41,10 @@ TRANSCRIPT = "qga.transcript"  # beside the socket, in the VM's folder: evidence
 AGENT_RELAY_SOCKET = "agent.sock"  # beside QEMU's socket: the relay that holds it (guest/relay.py)
 
 
+class RefusedCommand(GuestError):
+    """The agent answered a command with an error (the connection is still in step)."""
+
+
 class GuestAgent:
     """A connection to one VM's guest agent socket."""
 
@@ -48,6 +52,7 @@ class GuestAgent:
         self.socket_path = Path(socket_path)
         self._sock: socket.socket | None = None
         self._buf = bytearray()
+        self._sync: int | None = None  # the token of a resync whose answer is still to be read
 
     # -- transport -------------------------------------------------------
     def _open(self, timeout: float) -> socket.socket:
@@ -69,15 +74,18 @@ class GuestAgent:
         raise AssertionError("unreachable")
 
     def connect(self, timeout: float = 5.0) -> None:
+        """Connect and ask to resynchronise; the answer is read before the first command's
+        (in the same round trip: one less per connection)."""
         sock = self._open(timeout)
         self._sock, self._buf = sock, bytearray()
-        token = random.randint(1, 2**31)
-        self._send({"execute": "guest-sync-delimited", "arguments": {"id": token}})
-        deadline = time.monotonic() + timeout
-        while True:  # skip anything up to the 0xFF delimiter, then find our token
+        self._sync = random.randint(1, 2**31)
+        self._send({"execute": "guest-sync-delimited", "arguments": {"id": self._sync}})
+
+    def _await_sync(self, deadline: float) -> None:
+        while self._sync is not None:  # skip anything up to the 0xFF delimiter, then find our token
             reply = self._recv(deadline, after_delimiter=True)
-            if reply.get("return") == token:
-                return
+            if reply.get("return") == self._sync:
+                self._sync = None
 
     def close(self) -> None:
         if self._sock:
@@ -151,15 +159,37 @@ class GuestAgent:
 
     def call(self, command: str, timeout: float = 10.0, **arguments) -> object:
         """Run one agent command and return its ``return`` value."""
+        return self.calls([(command, arguments)], timeout)[0]
+
+    def calls(self, commands: list[tuple[str, dict]], timeout: float = 10.0) -> list[object]:
+        """Send several agent commands at once, then read their answers in order (one round trip);
+        the first refused one raises. Only for commands that do not need each other's answers."""
         if not self._sock:
             with self.session(timeout):
-                return self.call(command, timeout, **arguments)
-        msg: dict = {"execute": command}
-        if arguments:
-            msg["arguments"] = arguments
+                return self.calls(commands, timeout)
         try:
-            self._send(msg)
-            reply = self._recv(time.monotonic() + timeout)
+            for command, arguments in commands:
+                self._send({"execute": command, **({"arguments": arguments} if arguments else {})})
+        except OSError as exc:
+            self.close()
+            self._note(commands[0][0], commands[0][1], f"{type(exc).__name__}: {exc}")
+            raise
+        answers, refused = [], None
+        for command, arguments in commands:  # every answer is read, so that the stream stays in step
+            try:
+                answers.append(self._answer(command, arguments, timeout))
+            except RefusedCommand as exc:
+                refused = refused or exc
+                answers.append(None)
+        if refused:
+            raise refused
+        return answers
+
+    def _answer(self, command: str, arguments: dict, timeout: float) -> object:
+        try:
+            deadline = time.monotonic() + timeout
+            self._await_sync(deadline)
+            reply = self._recv(deadline)
         except (OSError, Timeout, GuestError) as exc:
             self.close()  # the stream may be out of step now; resync on next call
             self._note(command, arguments, f"{type(exc).__name__}: {exc}")
@@ -169,7 +199,8 @@ class GuestAgent:
             self._note(command, arguments, json.dumps(reply))  # an exec's unfinished status polls are left out
         if "error" in reply:
             err = reply["error"]
-            raise GuestError(f"guest agent {command}: {err.get('desc', err) if isinstance(err, dict) else err!r}"[:300])
+            raise RefusedCommand(f"guest agent {command}: "
+                                 f"{err.get('desc', err) if isinstance(err, dict) else err!r}"[:300])
         return reply.get("return")
 
     def _note(self, command: str, arguments: dict, answer: str) -> None:
@@ -238,12 +269,18 @@ class GuestAgent:
 
     def _write_file(self, path: str, data: bytes, timeout: float) -> None:
         handle = self.call("guest-file-open", timeout=timeout, path=path, mode="w")
+        chunks = [data[i:i + CHUNK] for i in range(0, len(data), CHUNK)] or [b""]
+        close = ("guest-file-close", {"handle": handle})
         try:
-            for i in range(0, len(data), CHUNK):
+            for chunk in chunks[:-1]:
                 self.call("guest-file-write", timeout=timeout, handle=handle,
-                          **{"buf-b64": base64.b64encode(data[i:i + CHUNK]).decode()})
-        finally:
-            self.call("guest-file-close", timeout=timeout, handle=handle)
+                          **{"buf-b64": base64.b64encode(chunk).decode()})
+            last = ("guest-file-write", {"handle": handle, "buf-b64": base64.b64encode(chunks[-1]).decode()})
+        except BaseException:
+            if self._sock:  # the connection is still in step: do not leave the handle open
+                self.call("guest-file-close", timeout=timeout, handle=handle)
+            raise
+        self.calls([last, close], timeout)  # the last block and the close in one round trip
 
     def set_time(self, ns: int | None = None) -> None:
         """Set the guest clock (to the host's now by default): stale after a restore."""
