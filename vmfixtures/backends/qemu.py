@@ -17,6 +17,7 @@ ours from anyone else's.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -86,6 +87,8 @@ QEMU = "qemu-system-x86_64"
 READY_LINE = r"vmfixtures: ready"
 SOCKETS = ("qmp", "qga", "console")
 RELAY = Path(__file__).resolve().parent.parent / "guest" / "relay.py"
+FRESHEN_HELPER = Path(__file__).resolve().parent.parent / "guest" / "freshen.pl"
+FRESHEN_FIFO = "/run/vmfixtures/freshen"  # where the helper waits (see freshen.pl)
 
 
 @dataclass
@@ -591,6 +594,7 @@ class QemuBackend(Backend):
         if not proc:
             raise GuestError(f"VM '{name}' is not running; only a running VM can be snapshotted")
         dest.mkdir(parents=True)
+        start_freshen_helper(self.machine(name))
         self._save_memory_and_end(name, proc, dest / self.MEMORY_FILE)
         os.rename(self.vm_dir(name) / "disk.qcow2", dest / "disk.qcow2")
         os.chmod(dest / "disk.qcow2", 0o444)
@@ -599,7 +603,8 @@ class QemuBackend(Backend):
             os.rename(meta["ram"]["file"], dest / self.RAM_FILE)
             extra["ram"] = self.RAM_FILE
         _write_json(dest / "snapshot.json", {"spec": meta["spec"], "image": meta["image"],
-                                             "image_dir": meta["image_dir"], "created_at": time.time(), **extra})
+                                             "image_dir": meta["image_dir"], "created_at": time.time(),
+                                             "freshen": FRESHEN_FIFO, **extra})
         clear_run_dir(self.vm_dir(name))
         shutil.rmtree(self.vm_dir(name), ignore_errors=True)
         return dest
@@ -730,8 +735,19 @@ class QemuBackend(Backend):
         generator is reseeded then too. Both in one guest process (``fresh_clock_and_entropy``):
         qemu-ga's guest-set-time also runs hwclock (0.4-1 s under TCG)."""
         if clock:
+            fifo = self._freshen_fifo(m.name)
+            if fifo and freshen_through_helper(m, fifo):
+                return
             fresh_clock_and_entropy(m)
         m.agent.write_file("/proc/sys/kernel/hostname", m.name.encode())
+
+    def _freshen_fifo(self, name: str) -> str | None:
+        """Where the clone helper of the snapshot VM ``name`` came from waits, if it has one."""
+        snapshot = self._meta(name).get("snapshot")
+        try:
+            return json.loads((Path(snapshot) / "snapshot.json").read_text()).get("freshen") if snapshot else None
+        except (OSError, ValueError):
+            return None
 
     def restart(self, name: str) -> Machine:
         self.stop(name)
@@ -916,6 +932,34 @@ def fresh_clock_and_entropy(m: Machine) -> None:
     if not r.ok:
         raise GuestError(f"VM '{m.name}': setting the clock and reseeding the random generator failed: "
                          f"{r.stderr.strip()[:200]}")
+
+
+def start_freshen_helper(m: Machine) -> None:
+    """Start the clone helper (guest/freshen.pl) in a VM about to become a pool snapshot, and wait
+    until it listens: each clone then finds it running (``freshen_through_helper``)."""
+    m.agent.call("guest-exec", path="/usr/bin/perl", arg=["-e", FRESHEN_HELPER.read_text()])
+    m.succeed(f"i=0; until [ -p {FRESHEN_FIFO} ]; do i=$((i+1)); [ $i -gt 1000 ] && exit 1; busybox usleep 5000; done",
+              timeout=30)
+
+
+def freshen_through_helper(m: Machine, fifo: str, timeout: float = 2.0) -> bool:
+    """Hand a restored clone's helper fresh randomness, the host's time and the clone's name; True when
+    the guest shows the name (the helper sets it last, and only when the rest worked).
+
+    The FIFO is opened read-write: that never blocks, so a clone whose helper is gone cannot hang its
+    agent (the message then stays unread, and False sends the caller to the slow path)."""
+    handle = m.agent.call("guest-file-open", path=fifo, mode="r+")
+    ns = time.time_ns()
+    when = int.to_bytes(ns // 10**9, 8, "little", signed=True) + int.to_bytes(ns % 10**9, 8, "little", signed=True)
+    message = os.urandom(64) + when + m.name.encode()
+    m.agent.calls([("guest-file-write", {"handle": handle, "buf-b64": base64.b64encode(message).decode()}),
+                   ("guest-file-close", {"handle": handle})])
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if m.agent.read_small("/proc/sys/kernel/hostname").strip() == m.name.encode():
+            return True
+        time.sleep(0.002)
+    return False
 
 
 def runtime_root() -> Path:

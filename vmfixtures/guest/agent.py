@@ -263,6 +263,14 @@ class GuestAgent:
         finally:
             self.call("guest-file-close", timeout=timeout, handle=handle)
 
+    def read_small(self, path: str, size: int = 4096, timeout: float = 10.0) -> bytes:
+        """The first ``size`` bytes of a small file (a /proc value): its read and close in one round trip."""
+        with self.session(timeout), _shaped(f"reading {path}"):
+            handle = self.call("guest-file-open", timeout=timeout, path=path, mode="r")
+            chunk, _ = self.calls([("guest-file-read", {"handle": handle, "count": size}),
+                                   ("guest-file-close", {"handle": handle})], timeout)
+            return base64.b64decode(chunk["buf-b64"], validate=True)
+
     def write_file(self, path: str, data: bytes, timeout: float = 30.0) -> None:
         with self.session(timeout), _shaped(f"writing {path}"):
             self._write_file(path, data, timeout)
