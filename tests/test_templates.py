@@ -50,3 +50,16 @@ def test_clones_map_the_template_ram_privately_and_differ(driver, tmp_path):
     driver.save_vm_snapshot("c1", "s")
     m.succeed("rm /root/note")
     assert driver.restore_vm_snapshot("c1", "s").succeed("cat /root/note").strip() == "mine"
+
+
+def test_a_clone_whose_helper_is_gone_is_freshened_the_slow_way(driver, tmp_path):
+    driver.create(VMSpec("tmpl2"))
+    snap = driver.snapshot("tmpl2", tmp_path / "snap")
+    assert json.loads((snap / "snapshot.json").read_text())["freshen"], "expected the clone helper recorded"
+    m = driver.wait_restored("c3", driver.create_from_snapshot(VMSpec("c3"), snap))
+    assert "vmfixtures-freshen" in m.succeed("ps -eo args"), "expected the clone helper waiting in the clone"
+    m.succeed("pkill -f 'vmfixtures-fresh[e]n'")  # the bracket keeps pkill off its own shell
+    m.succeed("date -s @1000000000 >/dev/null; hostname elsewhere")
+    driver.personalize(m)
+    assert m.succeed("hostname").strip() == "c3"
+    assert abs(float(m.succeed("date +%s.%N")) - time.time()) < 2.0, "expected the clock set without the helper"
