@@ -37,7 +37,7 @@ from . import network
 from .files import read_json
 from .procs import ProcessId, kill
 from .backends import open_backend
-from .backends.qemu import orphan_qemus, orphan_run_dirs
+from .backends.qemu import orphan_qemus, orphan_run_dirs, stop_run_dir_helpers
 from .backends.base import DISK_HOTPLUG
 from .disks import FOLDER as DISKS_FOLDER
 from .errors import VmfError
@@ -248,6 +248,7 @@ class Observer:
                     path.unlink(missing_ok=True)
                 done.append(f"removed {path}")
             elif f.type == "orphan-socket":
+                stop_run_dir_helpers(Path(f.object))
                 shutil.rmtree(f.object, ignore_errors=True)
                 done.append(f"removed {f.object}")
             elif f.type == "disk-missing":
@@ -306,7 +307,7 @@ def _stray_network_helpers() -> list[Finding]:
             started = proc.create_time()
         except psutil.Error:
             continue
-        if time.time() - started < HELPER_GRACE:
+        if folder.is_dir() and time.time() - started < HELPER_GRACE:
             continue  # a VM starting up: passt comes first, QEMU connects a moment later
         run = network.read_record(folder) if folder.is_dir() else None
         qemu = ProcessId.from_record(read_json(folder / "run.json")) if run else None
@@ -331,7 +332,7 @@ def _stray_agent_relays() -> list[Finding]:
             started = proc.create_time()
         except psutil.Error:
             continue
-        if time.time() - started < HELPER_GRACE:
+        if folder.is_dir() and time.time() - started < HELPER_GRACE:
             continue
         qemu = ProcessId.from_record(read_json(folder / "run.json")) if folder.is_dir() else None
         if not (qemu and qemu.process()):

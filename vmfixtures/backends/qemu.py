@@ -844,7 +844,7 @@ class QemuBackend(Backend):
         for proc, _ in orphan_qemus([self.storage], known_pids):
             kill(proc)
             reclaimed.append(f"orphan QEMU pid {proc.pid}")
-        return reclaimed
+        return reclaimed + kill_helpers_without_folder()
 
 
 def our_qemu_processes(storage: Path | None = None) -> list[psutil.Process]:
@@ -984,7 +984,7 @@ def _start_agent_relay(run: Path, vm_dir: Path) -> ProcessId:
     reaching QEMU's socket around it. It ends by itself when QEMU closes the agent socket."""
     listener = _listen(run / AGENT_RELAY_SOCKET)
     try:
-        with open(vm_dir / "qemu.log", "ab") as log:
+        with open(run / "relay.log", "ab") as log:  # not QEMU's log: that one explains failed boots
             proc = subprocess.Popen([sys.executable, "-I", "-S", str(RELAY), str(run / "qga.sock"),
                                      str(listener.fileno())], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                     pass_fds=[listener.fileno()], start_new_session=True)
@@ -1014,12 +1014,28 @@ def _stop_agent_relay(run: Path) -> None:
         kill(pid.process())
 
 
+def stop_run_dir_helpers(run: Path) -> None:
+    """Stop what serves a VM's socket folder: passt, a filtered VM's firewall table, the agent relay."""
+    network.teardown(run)
+    _stop_agent_relay(run)
+
+
+def kill_helpers_without_folder() -> list[str]:
+    """Kill passt processes and agent relays whose socket folder is gone: a VM reclaimed before it had
+    recorded them (its starter was SIGKILLed in between). A starting VM's folder exists before they do."""
+    killed = []
+    for proc, folder in network.our_passts(runtime_root()) + our_relays():
+        if not folder.exists():
+            kill(proc)
+            killed.append(f"helper pid {proc.pid} of the removed socket folder {folder}")
+    return killed
+
+
 def clear_run_dir(vm_dir: Path) -> None:
     """Remove the VM's socket folder and its link; fine if neither exists."""
     link = vm_dir / "run"
     if link.exists():
-        network.teardown(link)  # passt and a filtered VM's firewall table live as long as the sockets
-        _stop_agent_relay(link)
+        stop_run_dir_helpers(link)  # they live as long as the sockets
     if link.is_symlink():
         try:
             shutil.rmtree(os.readlink(link), ignore_errors=True)

@@ -18,7 +18,7 @@ import psutil
 
 from .. import backends, paths
 from ..backends import Backend, open_backend
-from ..backends.qemu import orphan_qemus, orphan_run_dirs
+from ..backends.qemu import kill_helpers_without_folder, orphan_qemus, orphan_run_dirs, stop_run_dir_helpers
 from ..capabilities import require_arch
 from ..procs import live_process
 from ..errors import ConfigError, NotFound, VmfError
@@ -403,8 +403,10 @@ class FixtureService:
                         shutil.rmtree(d)
                     reclaimed.append(f"orphan folder {d}")
         for d in orphan_run_dirs():
+            stop_run_dir_helpers(d)
             shutil.rmtree(d, ignore_errors=True)
             reclaimed.append(f"orphan socket folder {d}")
+        reclaimed += kill_helpers_without_folder()
         for line in reclaimed:
             self.ledger.event("reclaimed", "", line)
         return reclaimed

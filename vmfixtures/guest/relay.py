@@ -51,7 +51,10 @@ def relay(upstream: socket.socket, listener: socket.socket) -> None:
         watched = [upstream, client] if client else [upstream, listener]
         readable, _, _ = select.select(watched, [], [])
         if upstream in readable:
-            data = upstream.recv(BLOCK)
+            try:
+                data = upstream.recv(BLOCK)
+            except OSError:  # reset: QEMU died
+                data = b""
             if not data:
                 return  # QEMU ended: so does the VM, and this relay
             if client:
@@ -66,7 +69,10 @@ def relay(upstream: socket.socket, listener: socket.socket) -> None:
             except OSError:
                 data = b""
             if data:
-                upstream.sendall(data)
+                try:
+                    upstream.sendall(data)
+                except OSError:
+                    return  # QEMU died mid-request
             else:
                 client.close()
                 client = None
