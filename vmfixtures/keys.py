@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import asyncssh
-
 from . import paths
 
 
@@ -23,6 +21,8 @@ def ensure_keypair() -> Path:
         if mode & 0o077:
             os.chmod(private, 0o600)  # ssh refuses group/world-readable keys
         return private
+    import asyncssh  # here: importing it costs every CLI call ~0.1 s, and the pair is made once
+
     key = asyncssh.generate_private_key("ssh-ed25519", comment="vmfixtures")
     tmp = private.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

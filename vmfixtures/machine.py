@@ -9,13 +9,16 @@ shells, forwarding and mounts.
 from __future__ import annotations
 
 import shlex
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 from .errors import GuestError
 from .guest.agent import GuestAgent
 from .guest.console import Console
 from .guest.result import ExecResult
-from .guest.ssh import SSH
+
+if TYPE_CHECKING:
+    from .guest.ssh import SSH
 
 
 class Machine:
@@ -33,6 +36,8 @@ class Machine:
 
     @property
     def ssh(self) -> SSH:
+        from .guest.ssh import SSH  # asyncssh: ~0.1 s to import, which most commands never need
+
         if self._ssh is None:
             if not self.ssh_port:
                 raise GuestError(f"VM '{self.name}' has no SSH port forward")

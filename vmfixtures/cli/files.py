@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import Unsupported
-from ..guest.files import download, host_source, parse_pair, upload
 from ..spec import check_user
 from .common import vm_backend
 
 
 def cmd_cp(args) -> int:
+    from ..guest.files import download, host_source, parse_pair, upload  # SFTP: asyncssh, slow to import
     src, dst = parse_pair(args.src, args.dst)
     vm = src.vm or dst.vm
     if dst.vm:
