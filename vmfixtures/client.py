@@ -190,8 +190,9 @@ def start_daemon(socket_path: Path | None = None, extra_args: list[str] | None =
     return json.loads(line)
 
 
-def ensure_daemon(socket_path: Path | None = None) -> tuple[Client, dict | None]:
-    """A client of the running daemon, starting one if none answers. Returns (client, start info or None)."""
+def ensure_daemon(socket_path: Path | None = None, extra_args: list[str] | None = None) -> tuple[Client, dict | None]:
+    """A client of the running daemon, starting one (with ``extra_args``) if none answers.
+    Returns (client, start info or None)."""
     client = Client(socket_path)
     health = client.alive()
     if health and health.get("build") != build_id():
@@ -205,5 +206,5 @@ def ensure_daemon(socket_path: Path | None = None) -> tuple[Client, dict | None]
         health = None
     if health:
         return client, None
-    info = start_daemon(client.socket_path)
+    info = start_daemon(client.socket_path, extra_args)
     return client, info
