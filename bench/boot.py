@@ -24,8 +24,8 @@ from vmfixtures.backends import accel as accel_mod  # noqa: E402
 from vmfixtures.backends.qemu import QemuBackend  # noqa: E402
 from vmfixtures.spec import VMSpec  # noqa: E402
 
-TARGET_BOOT_S = 8.0
-TARGET_COMMAND_MS = 100.0
+TARGET_BOOT_S = 2.0  # issue 15 (the first round's target was 8 s)
+TARGET_COMMAND_MS = 25.0  # issue 15: `echo hi` in argv form (the first round's: 100 ms)
 
 
 def pct(values: list[float], p: float) -> float:
@@ -93,9 +93,9 @@ def main() -> int:
     print(f"  speed-up over ssh-per-command: agent x{base / pct(agent_sh, 50):.1f}, "
           f"reused ssh x{base / pct(ssh_reused, 50):.1f}")
     ok_boot = pct(boots, 50) <= TARGET_BOOT_S
-    ok_cmd = pct(agent_sh, 50) * 1000 <= TARGET_COMMAND_MS
+    ok_cmd = pct(agent_argv, 50) * 1000 <= TARGET_COMMAND_MS
     print(f"targets: boot p50 <= {TARGET_BOOT_S:.0f}s {'MET' if ok_boot else 'MISSED'}; "
-          f"agent command p50 <= {TARGET_COMMAND_MS:.0f}ms {'MET' if ok_cmd else 'MISSED'}")
+          f"agent command (argv) p50 <= {TARGET_COMMAND_MS:.0f}ms {'MET' if ok_cmd else 'MISSED'}")
     return 0
 
 
