@@ -279,9 +279,12 @@ MUTANTS = [
            '                proof = driver.destroy(row["name"])', '                proof = None  # kept warm for the next lease',
            _sel("untrusted_guest.feature", "carries nothing from its previous tenant")),
     Mutant("restore-keeps-random-state",
-           "a restored VM gets its clock set but not its random generator reseeded: siblings draw the same numbers",
-           "vmfixtures/backends/qemu.py",
-           "_FRESHEN = (_RESEED + '; read(", "_FRESHEN = ('read(STDIN, my $s, 64); ' + '; read(",
+           "a restored VM's clone helper sets its clock and name but does not reseed its random generator: "
+           "siblings draw the same numbers",
+           "vmfixtures/guest/freshen.pl",
+           "    syswrite($r, substr($msg, 0, 64)) == 64 or next;\n"
+           "    ioctl($r, 0x5207, 0) or next;  # RNDRESEEDCRNG: rekey the generator from the pool now\n",
+           "",
            _sel("untrusted_guest.feature", "draw different random numbers")),
     Mutant("sftp-unconfined",
            "the SFTP server of a mount runs without bubblewrap: it sees the whole host",
