@@ -132,8 +132,7 @@ def step_reclaimed(context, name):
 def step_consistent(context):
     """Read the ledger file itself and the process table: every VM the ledger holds live has its
     process and disk, and every VM process under the storages it knows has a live row."""
-    rows = context.host.ledger_vms(ledger_path())
-    disagree = context.host.ledger_disagreements(rows)
+    disagree = context.host.lasting_ledger_disagreements(ledger_path())
     assert not disagree, f"expected ledger and reality to agree, they differ: {disagree}"
 
 

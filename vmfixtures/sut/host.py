@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,6 +164,17 @@ class Host:
         finally:
             db.close()
         return [{"storage": s, "name": n, "state": st} for s, n, st in rows]
+
+    @classmethod
+    def lasting_ledger_disagreements(cls, path: Path, settle: float = 1.0) -> list[str]:
+        """``ledger_disagreements`` seen in two readings ``settle`` seconds apart. The daemon keeps
+        refilling its pool: a VM it places or removes between one reading of the ledger and the scan
+        of the process table that follows is in transit, not in disagreement; a real one lasts."""
+        first = set(cls.ledger_disagreements(cls.ledger_vms(path)))
+        if not first:
+            return []
+        time.sleep(settle)
+        return sorted(first & set(cls.ledger_disagreements(cls.ledger_vms(path))))
 
     @classmethod
     def ledger_disagreements(cls, rows: list[dict]) -> list[str]:
