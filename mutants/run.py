@@ -98,7 +98,8 @@ class Mutant:
                           f"expected {self.count}", 3)
         mutated = text.replace(self.find, self.replace)
         try:
-            compile(mutated, str(path), "exec")  # a defect that does not even import is not realistic
+            if path.suffix == ".py":  # a defect that does not even import is not realistic (other files: guest scripts)
+                compile(mutated, str(path), "exec")
         except SyntaxError as exc:
             raise Refusal(f"mutant {self.name} does not compile: {self.file} line {exc.lineno}: {exc.msg}", 3)
         path.write_text(mutated)
