@@ -27,7 +27,7 @@ def cmd_image_list(args) -> int:
 
 
 def cmd_image_rm(args) -> int:
-    for d in images.remove(args.ident):
+    for d in images.remove(*args.ident):
         print(f"removed {d}")
     return 0
 
@@ -43,5 +43,6 @@ def register(sub) -> None:
     add_json(l)
     l.set_defaults(func=cmd_image_list)
     r = img.add_parser("rm", help="remove cached images by folder name, recipe name or key")
-    r.add_argument("ident")
+    r.add_argument("ident", nargs="+", help="folder name, recipe name or key (one that matches nothing: "
+                   "nothing is removed)")
     r.set_defaults(func=cmd_image_rm)

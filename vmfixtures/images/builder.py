@@ -92,11 +92,16 @@ def list_images() -> list[Image]:
     return [Image(d) for d in sorted(root.iterdir()) if (d / "image.json").is_file()]
 
 
-def remove(ident: str) -> list[Path]:
-    """Remove cached images whose folder name, recipe name or key is ``ident``."""
-    gone = [img.dir for img in list_images() if ident in (img.dir.name, img.name, img.key)]
-    if not gone:
-        raise NotFound(f"no cached image matches '{ident}' (see `vmfixtures image list`)")
+def remove(*idents: str) -> list[Path]:
+    """Remove cached images whose folder name, recipe name or key is one of ``idents``; when one
+    matches nothing, nothing is removed."""
+    cached = list_images()
+    gone = []
+    for ident in idents:
+        matched = [img.dir for img in cached if ident in (img.dir.name, img.name, img.key)]
+        if not matched:
+            raise NotFound(f"no cached image matches '{ident}' (see `vmfixtures image list`); nothing removed")
+        gone += [d for d in matched if d not in gone]
     for d in gone:
         shutil.rmtree(d)
     return gone
