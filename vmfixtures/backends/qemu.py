@@ -39,7 +39,7 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from .. import keys, paths
 from ..capabilities import require_arch
-from ..guest.agent import AGENT_RELAY_SOCKET, TRANSCRIPT
+from ..guest.agent import AGENT_RELAY_SOCKET, TRANSCRIPT, RefusedCommand
 from ..errors import (
     GuestError,
     Mismatch,
@@ -594,7 +594,7 @@ class QemuBackend(Backend):
         if not proc:
             raise GuestError(f"VM '{name}' is not running; only a running VM can be snapshotted")
         dest.mkdir(parents=True)
-        start_freshen_helper(self.machine(name))
+        helper = start_freshen_helper(self.machine(name))
         self._save_memory_and_end(name, proc, dest / self.MEMORY_FILE)
         os.rename(self.vm_dir(name) / "disk.qcow2", dest / "disk.qcow2")
         os.chmod(dest / "disk.qcow2", 0o444)
@@ -604,7 +604,7 @@ class QemuBackend(Backend):
             extra["ram"] = self.RAM_FILE
         _write_json(dest / "snapshot.json", {"spec": meta["spec"], "image": meta["image"],
                                              "image_dir": meta["image_dir"], "created_at": time.time(),
-                                             "freshen": FRESHEN_FIFO, **extra})
+                                             "freshen": FRESHEN_FIFO if helper else None, **extra})
         clear_run_dir(self.vm_dir(name))
         shutil.rmtree(self.vm_dir(name), ignore_errors=True)
         return dest
@@ -934,12 +934,16 @@ def fresh_clock_and_entropy(m: Machine) -> None:
                          f"{r.stderr.strip()[:200]}")
 
 
-def start_freshen_helper(m: Machine) -> None:
+def start_freshen_helper(m: Machine) -> bool:
     """Start the clone helper (guest/freshen.pl) in a VM about to become a pool snapshot, and wait
-    until it listens: each clone then finds it running (``freshen_through_helper``)."""
-    m.agent.call("guest-exec", path="/usr/bin/perl", arg=["-e", FRESHEN_HELPER.read_text()])
-    m.succeed(f"i=0; until [ -p {FRESHEN_FIFO} ]; do i=$((i+1)); [ $i -gt 1000 ] && exit 1; busybox usleep 5000; done",
-              timeout=30)
+    until it listens: each clone then finds it running (``freshen_through_helper``). False when it
+    did not come up: the snapshot is still good, its clones take the slow path."""
+    try:
+        m.agent.call("guest-exec", path="/usr/bin/perl", arg=["-e", FRESHEN_HELPER.read_text()])
+        return m.execute(f"i=0; until [ -p {FRESHEN_FIFO} ]; do i=$((i+1)); [ $i -gt 1000 ] && exit 1; "
+                         "busybox usleep 5000; done", timeout=30).ok
+    except RefusedCommand:
+        return False
 
 
 def freshen_through_helper(m: Machine, fifo: str, timeout: float = 2.0) -> bool:
@@ -948,7 +952,10 @@ def freshen_through_helper(m: Machine, fifo: str, timeout: float = 2.0) -> bool:
 
     The FIFO is opened read-write: that never blocks, so a clone whose helper is gone cannot hang its
     agent (the message then stays unread, and False sends the caller to the slow path)."""
-    handle = m.agent.call("guest-file-open", path=fifo, mode="r+")
+    try:
+        handle = m.agent.call("guest-file-open", path=fifo, mode="r+")
+    except RefusedCommand:  # no FIFO: the helper never came up in the template
+        return False
     ns = time.time_ns()
     when = int.to_bytes(ns // 10**9, 8, "little", signed=True) + int.to_bytes(ns % 10**9, 8, "little", signed=True)
     message = os.urandom(64) + when + m.name.encode()
