@@ -188,8 +188,15 @@ class Background:
         self.proc.send_signal(sig)
 
     def finish(self, timeout: float = 60) -> CommandResult:
-        """Wait for the command to exit and return everything it printed."""
-        self.proc.wait(timeout=timeout)
+        """Wait for the command to exit and return everything it printed. One still running after
+        ``timeout`` is killed and fails the step (an assertion naming it, not a traceback)."""
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"expected `{_shown(self.argv)}` to exit within "
+                                 f"{timeout:.0f} s; it was still running (killed)") from None
         self._reader.join(timeout)
         while (line := self._queue.get()) is not None:
             self.lines.append(line)
