@@ -37,7 +37,7 @@ from . import network
 from .files import read_json
 from .procs import ProcessId, kill
 from .backends import open_backend
-from .backends.qemu import orphan_qemus, orphan_run_dirs, stop_run_dir_helpers
+from .backends.qemu import orphan_qemus, orphan_run_dirs, our_relays, stop_run_dir_helpers
 from .backends.base import DISK_HOTPLUG
 from .disks import FOLDER as DISKS_FOLDER
 from .errors import VmfError
@@ -295,6 +295,25 @@ class Observer:
 HELPER_GRACE = 30.0  # seconds a passt may run before its VM's QEMU shows up
 
 
+def _outlived_vm(proc: psutil.Process, folder: Path, record: str | None = None) -> str | None:
+    """Why helper ``proc`` of the socket folder ``folder`` (passt, an agent relay) outlived its VM, or
+    None: it serves a running QEMU, or it is younger than HELPER_GRACE in a folder that exists (a VM
+    starting up: the helper comes first, QEMU a moment later). ``record``: a file of the folder the
+    helper's VM must have."""
+    try:
+        started = proc.create_time()
+    except psutil.Error:
+        return None
+    if not folder.is_dir():
+        return "which no longer exists"
+    if time.time() - started < HELPER_GRACE:
+        return None
+    if record and read_json(folder / record) is None:
+        return f"which has no {record}"
+    qemu = ProcessId.from_record(read_json(folder / "run.json"))
+    return None if qemu and qemu.process() else "which has no running VM"
+
+
 def _stray_network_helpers() -> list[Finding]:
     """passt processes whose VM is gone (their socket folder was removed, or no QEMU of ours uses it),
     and firewall tables of filtered VMs whose passt is gone: what a VM killed behind our back leaves."""
@@ -304,16 +323,11 @@ def _stray_network_helpers() -> list[Finding]:
     for proc, folder in network.our_passts(runtime_root()):
         try:
             groups.add(proc.gids().real)
-            started = proc.create_time()
         except psutil.Error:
             continue
-        if folder.is_dir() and time.time() - started < HELPER_GRACE:
-            continue  # a VM starting up: passt comes first, QEMU connects a moment later
-        run = network.read_record(folder) if folder.is_dir() else None
-        qemu = ProcessId.from_record(read_json(folder / "run.json")) if run else None
-        if not run or not (qemu and qemu.process()):
-            findings.append(Finding("stray-network-helper", f"passt pid {proc.pid}",
-                                    f"serves {folder}, which {'has no running VM' if run else 'no longer exists'}",
+        why = _outlived_vm(proc, folder, network.RECORD)
+        if why:
+            findings.append(Finding("stray-network-helper", f"passt pid {proc.pid}", f"serves {folder}, {why}",
                                     "kill it (`vmfixtures observe --fix`)"))
     for table in network.our_tables():
         if int(table.removeprefix(network.TABLE_PREFIX)) not in groups:
@@ -324,21 +338,12 @@ def _stray_network_helpers() -> list[Finding]:
 
 def _stray_agent_relays() -> list[Finding]:
     """Guest agent relays whose VM's QEMU is gone (a relay ends by itself when QEMU closes its socket)."""
-    from .backends.qemu import our_relays
-
     findings = []
     for proc, folder in our_relays():
-        try:
-            started = proc.create_time()
-        except psutil.Error:
-            continue
-        if folder.is_dir() and time.time() - started < HELPER_GRACE:
-            continue
-        qemu = ProcessId.from_record(read_json(folder / "run.json")) if folder.is_dir() else None
-        if not (qemu and qemu.process()):
+        why = _outlived_vm(proc, folder)
+        if why:
             findings.append(Finding("stray-agent-relay", f"agent relay pid {proc.pid}",
-                                    f"holds {folder / 'qga.sock'}, whose VM is not running",
-                                    "kill it (`vmfixtures observe --fix`)"))
+                                    f"holds {folder / 'qga.sock'}, {why}", "kill it (`vmfixtures observe --fix`)"))
     return findings
 
 

@@ -26,8 +26,8 @@ TCG_DEADLINE = 120.0
 QEMU = "qemu-system-x86_64"
 
 
-# pci=noacpi: PCI interrupts from the BIOS table instead of ACPI's AML (0.1 s per device under TCG);
 # cryptomgr.notests: no boot-time self-tests of the kernel's crypto algorithms (0.23 s under TCG).
+# (pci=noacpi or acpi=noirq would save 0.6 s more, but data disks then no longer hot-plug.)
 KERNEL_ARGS = "console=ttyS0 root=/dev/vda rw quiet panic=-1 cryptomgr.notests"
 
 

@@ -48,7 +48,7 @@ from ..errors import (
     Timeout,
     VmfError,
 )
-from ..files import write_atomically
+from ..files import read_json, write_atomically
 from .. import network
 from ..network import Network
 from ..images import Image, Recipe, build, find
@@ -744,10 +744,7 @@ class QemuBackend(Backend):
     def _freshen_fifo(self, name: str) -> str | None:
         """Where the clone helper of the snapshot VM ``name`` came from waits, if it has one."""
         snapshot = self._meta(name).get("snapshot")
-        try:
-            return json.loads((Path(snapshot) / "snapshot.json").read_text()).get("freshen") if snapshot else None
-        except (OSError, ValueError):
-            return None
+        return (read_json(Path(snapshot) / "snapshot.json") or {}).get("freshen") if snapshot else None
 
     def restart(self, name: str) -> Machine:
         self.stop(name)
@@ -956,6 +953,7 @@ def freshen_through_helper(m: Machine, fifo: str, timeout: float = 2.0) -> bool:
         handle = m.agent.call("guest-file-open", path=fifo, mode="r+")
     except RefusedCommand:  # no FIFO: the helper never came up in the template
         return False
+    # Not write_file: the time is taken after the open, the clone's first (and slowest) agent call.
     ns = time.time_ns()
     when = int.to_bytes(ns // 10**9, 8, "little", signed=True) + int.to_bytes(ns % 10**9, 8, "little", signed=True)
     message = os.urandom(64) + when + m.name.encode()
@@ -1006,17 +1004,14 @@ def our_relays() -> list[tuple[psutil.Process, Path]]:
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         cmd = proc.info["cmdline"] or []
-        if str(RELAY) in cmd and cmd.index(str(RELAY)) + 1 < len(cmd):
-            found.append((proc, Path(cmd[cmd.index(str(RELAY)) + 1]).parent))
+        after = cmd[cmd.index(str(RELAY)) + 1:] if str(RELAY) in cmd else []
+        if after:  # the relay's first argument: QEMU's agent socket in the VM's socket folder
+            found.append((proc, Path(after[0]).parent))
     return found
 
 
 def _stop_agent_relay(run: Path) -> None:
-    try:
-        record = json.loads((run / "run.json").read_text()).get("agent_relay")
-    except (OSError, ValueError):
-        return
-    pid = ProcessId.from_record(record)
+    pid = ProcessId.from_record((read_json(run / "run.json") or {}).get("agent_relay"))
     if pid:
         kill(pid.process())
 

@@ -58,20 +58,19 @@ class GuestAgent:
     def _open(self, timeout: float) -> socket.socket:
         """A connection through the VM's agent relay when one runs (it holds QEMU's socket), else to QEMU's."""
         relay = self.socket_path.with_name(AGENT_RELAY_SOCKET)
-        for path in (relay, self.socket_path):
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(timeout)
+        path = relay
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
             try:
+                sock.connect(str(relay))
+            except (FileNotFoundError, ConnectionRefusedError):  # no relay runs (a VM of an older build)
+                path = self.socket_path
                 sock.connect(str(path))
-                return sock
-            except (FileNotFoundError, ConnectionRefusedError) as exc:
-                sock.close()
-                if path == self.socket_path:
-                    raise GuestError(f"guest agent socket {path}: {exc}") from None
-            except OSError as exc:
-                sock.close()
-                raise GuestError(f"guest agent socket {path}: {exc}") from None
-        raise AssertionError("unreachable")
+        except OSError as exc:
+            sock.close()
+            raise GuestError(f"guest agent socket {path}: {exc}") from None
+        return sock
 
     def connect(self, timeout: float = 5.0) -> None:
         """Connect and ask to resynchronise; the answer is read before the first command's
