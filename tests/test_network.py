@@ -1,5 +1,6 @@
 """Network profiles: the config's forms, its refusals, and the firewall a filtered VM gets."""
 
+import json
 import os
 import shutil
 
@@ -7,6 +8,7 @@ import pytest
 
 from vmfixtures.errors import ConfigError
 from vmfixtures.network import DEFAULT_ALLOW, NetworkSpec, _ruleset, describe_text, parse_network
+from vmfixtures.procs import ProcessId
 from vmfixtures.spec import VMSpec
 
 
@@ -89,3 +91,33 @@ def test_observer_finds_and_removes_what_a_dead_vm_left(tmp_path, monkeypatch):
         if proc.poll() is None:
             proc.kill()
         network.drop_table(table)
+
+
+def test_observer_finds_and_kills_an_agent_relay_whose_vm_is_gone(tmp_path, monkeypatch):
+    """An agent relay whose socket folder holds no running VM is reported, and --fix kills it
+    (proven by the process table); one whose folder's QEMU runs is not reported."""
+    import socket
+
+    from vmfixtures import observer
+    from vmfixtures.backends import qemu
+
+    monkeypatch.setattr(observer, "HELPER_GRACE", 0.0)
+    run = tmp_path / "run"
+    run.mkdir()
+    upstream = socket.socket(socket.AF_UNIX)
+    upstream.bind(str(run / "qga.sock"))  # stands in for QEMU's agent socket
+    upstream.listen(1)
+    try:
+        relay = qemu._start_agent_relay(run, tmp_path)
+        (run / "run.json").write_text(json.dumps(ProcessId.of(os.getpid()).record()))  # "QEMU" runs
+        assert not [f for f in observer._stray_agent_relays() if f.object == f"agent relay pid {relay.pid}"]
+        (run / "run.json").write_text(json.dumps({"pid": 1, "create_time": 0.0}))  # its QEMU is gone
+        found = [f for f in observer._stray_agent_relays() if f.object == f"agent relay pid {relay.pid}"]
+        assert found and "no running VM" in found[0].evidence, found
+        observer.Observer.fix(None, found)
+        assert relay.process() is None, "expected --fix to kill the relay"
+    finally:
+        upstream.close()
+        proc = relay.process() if "relay" in locals() else None
+        if proc:
+            proc.kill()
