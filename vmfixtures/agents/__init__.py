@@ -26,6 +26,9 @@ from ..guest.result import ExecResult
 from ..spec import AgentSpec, Config, MountSpec
 
 GUEST_AGENT_DIR = "/var/lib/vmfixtures/agents"
+# pip takes ~4.5 s per wheel under TCG; a pure-Python wheel is unpacked by this stdlib script instead
+WHEEL_INSTALLER = resources.files("vmfixtures.guest").joinpath("wheel_install.py").read_text()
+WHEEL_INSTALLER_REFUSED = 3  # its exit code for a wheel it does not lay out itself
 
 
 def reference_wheel() -> Path:
@@ -64,15 +67,21 @@ def install(machine, agent: AgentSpec, timeout: float = 600) -> str:
     machine.succeed(["mkdir", "-p", GUEST_AGENT_DIR])
     machine.write_file(guest_file, data)
     if agent.kind == "wheel":
-        argv = ["python3", "-m", "pip", "install", "--no-index", "--no-deps", "--force-reinstall",
-                "--break-system-packages", "--disable-pip-version-check", "--quiet", guest_file]
+        fast = machine.execute(["python3", "-I", "-c", WHEEL_INSTALLER, guest_file], timeout=timeout)
+        if fast.exit_code != WHEEL_INSTALLER_REFUSED:  # installed, or failed for a reason pip would share
+            argv = None
+            r = fast
+        else:  # a wheel the stdlib installer does not lay out (platform, headers, data): pip does
+            argv = ["python3", "-m", "pip", "install", "--no-index", "--no-deps", "--force-reinstall",
+                    "--break-system-packages", "--disable-pip-version-check", "--quiet", guest_file]
     elif agent.kind == "script":
         argv = ["install", "-m", "0755", guest_file, f"/usr/local/bin/{command_name(agent)}"]
     else:  # npm
         if not machine.execute("command -v npm").ok:
             raise MissingDependency(f"agent '{agent.name}' is an npm package, but the guest image has no npm")
         argv = ["npm", "install", "--global", "--offline", guest_file]
-    r = machine.execute(argv, timeout=timeout)
+    if argv is not None:
+        r = machine.execute(argv, timeout=timeout)
     if not r.ok:
         raise GuestError(f"installing agent '{agent.name}' in VM '{machine.name}' failed: {r.describe()}")
     if not machine.execute(f"command -v {shlex.quote(command_name(agent))}").ok:
