@@ -39,7 +39,7 @@ from vmfixtures.client import Heartbeat, ensure_daemon
 from vmfixtures.conformance import Recorder, capability
 from vmfixtures.sut import PRODUCTS, Host, open_product
 from vmfixtures.procs import process_alive, wait_exit
-from vmfixtures import paths
+from vmfixtures import parallel, paths
 from vmfixtures.report import evidence, results
 from vmfixtures.scope import RunScope
 from vmfixtures.testkit import Fixtures, Project
@@ -189,8 +189,7 @@ def _image_facts(image):
 
 
 def _connect_daemon(context):
-    # Observer scenarios wait for its next pass: every 2 s here instead of the default 5 s.
-    context.client, started = ensure_daemon(extra_args=["--observe-interval", "2"])
+    context.client, started = ensure_daemon(extra_args=parallel.SPEC_DAEMON_ARGS)
     context.started_daemon = context.started_daemon or started
     if started:
         _say(f"started the fixture daemon (pid {started['pid']}) on {context.client.socket_path}")
@@ -239,6 +238,7 @@ def before_scenario(context, scenario):
     if lacking:
         scenario.skip(reason=lacking)
         return
+    _take_scenario_lock(context, scenario)
     if context.client is not None and not context.client.alive():
         _connect_daemon(context)  # a scenario may have killed it on purpose
     context.lease = None
@@ -259,6 +259,17 @@ def before_scenario(context, scenario):
     context.driver = context.fixtures.driver
     context.pids = {}
     context.boot_ids = {}
+
+
+def _take_scenario_lock(context, scenario):
+    """In a parallel run (`vmfixtures spec`): an @exclusive scenario runs alone, the others side by side.
+    Released when the scenario's cleanups are done, its lease's end included."""
+    folder = os.environ.get(parallel.LOCK_ENV)
+    if not folder:
+        return
+    lock = parallel.ScenarioLock(Path(folder))
+    lock.acquire(exclusive=parallel.EXCLUSIVE_TAG in scenario.effective_tags)
+    context.add_cleanup(lock.release)
 
 
 def after_step(context, step):
@@ -307,7 +318,7 @@ def _check_observer(context, scenario):
         context.observer_stats["drift"] += len(passes)
         return
     context.observer_stats["healthy"] += len(passes)
-    findings = [f for r in passes for f in r["findings"]]
+    findings = [f for r in passes for f in r["findings"] if context.scope.concerns(f.get("path"))]
     context.observer_stats["findings"] += len(findings)
     assert not findings, f"the observer reported drift during a healthy scenario: {findings}"
 
@@ -414,9 +425,10 @@ def after_all(context):
         _say(f"observer: {stats['healthy']} pass(es) during healthy scenarios, {stats['findings']} finding(s); "
              f"{stats['drift']} pass(es) during drift scenarios")
         Path("reports").mkdir(exist_ok=True)
-        Path("reports/observer.json").write_text(json.dumps(stats) + "\n")
+        part = os.environ.get(parallel.PART_ENV)
+        Path(f"reports/observer{'.' + part if part else ''}.json").write_text(json.dumps(stats) + "\n")
     if hasattr(context, "recorder"):
-        _say(f"conformance record: {context.recorder.write(Path('reports/conformance'))}")
+        _say(f"conformance record: {context.recorder.write(Path('reports/conformance'), os.environ.get(parallel.PART_ENV))}")
     if hasattr(context, "scope"):
         leftovers = _finish(context)
         if leftovers:

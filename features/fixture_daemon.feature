@@ -38,7 +38,7 @@ Feature: Fixture daemon
     Then within 5 seconds the VM "worker" no longer exists
     And no VM process or disk file remains for "worker"
 
-  @seed.001.3.5.3
+  @seed.001.3.5.3 @exclusive
   Scenario: A daemon killed with SIGKILL reaps what it left behind when started again
     Given another runner holds the VM "worker" with a lease TTL of 30 seconds
     When the daemon is killed with SIGKILL

@@ -46,7 +46,7 @@ Feature: Observer
     When the forwarder is killed with SIGKILL
     Then within one observer interval the observer reports "tunnel-down" for "127.0.0.1:18080"
 
-  @observer.drift
+  @observer.drift @exclusive
   Scenario: The observer's safe fix kills a stray VM process and says so
     Given a stray VM process named like the project's runs in the storage
     When the operator runs the observer with its safe fixes

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from behave import given, then, when
 
+from vmfixtures import parallel
 from vmfixtures.backends import VMState
 from vmfixtures.client import ensure_daemon
 from vmfixtures.paths import daemon_home
@@ -117,7 +118,7 @@ def step_kill_daemon(context):
 
 @when("the daemon is started again")
 def step_restart_daemon(context):
-    context.client, context.daemon_start = ensure_daemon()
+    context.client, context.daemon_start = ensure_daemon(extra_args=parallel.SPEC_DAEMON_ARGS)
     assert context.daemon_start, "expected a new daemon to start"
     context.started_daemon = context.started_daemon or context.daemon_start
 

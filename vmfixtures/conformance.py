@@ -132,8 +132,9 @@ class Recorder:
             "tags": list(scenario.effective_tags), "status": "failed" if error and status == "passed" else status,
             "reason": getattr(scenario, "skip_reason", None) or None, "error": error})
 
-    def write(self, folder: Path) -> Path:
+    def write(self, folder: Path, part: str | None = None) -> Path:
+        """One record per run; a run split into parts (`vmfixtures spec`) writes one per part."""
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{self.run}.json"
+        path = folder / (f"{self.run}.{part}.json" if part else f"{self.run}.json")
         path.write_text(json.dumps({"run": self.run, **self.meta, "scenarios": self.scenarios}, indent=1) + "\n")
         return path

@@ -55,6 +55,11 @@ class Finding:
     object: str
     evidence: str
     fix: str
+    path: str = ""  # the VM folder or file it is about ("" if none): parallel runs each judge their own
+
+    def within(self, folder: Path) -> bool:
+        """The finding is about something under ``folder``; one with no path concerns every run."""
+        return not self.path or Path(self.path).is_relative_to(folder)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -105,12 +110,14 @@ class Observer:
                 findings.append(Finding("vm-not-running", label,
                                         f"ledger state {row['state']}, its {driver.name} process pid "
                                         f"{info.get('pid', '?')} is not running",
-                                        "mark it stopped (`vmfixtures observe --fix`), then start or destroy it"))
+                                        "mark it stopped (`vmfixtures observe --fix`), then start or destroy it",
+                                        _vm_path(row)))
             elif proc is not None and row["state"] in RUNNING_STATES:
                 status = driver.hypervisor_state(row["name"])
                 if status not in (None, "running"):
                     findings.append(Finding("backend-state", label, f"ledger says {row['state']}, the "
-                                            f"{driver.name} backend says {status!r}", "restart the VM, or destroy it"))
+                                            f"{driver.name} backend says {status!r}", "restart the VM, or destroy it",
+                                            _vm_path(row)))
             if proc is not None and row["state"] == "leased":
                 findings += self._check_mounts(driver, row)
             if proc is not None and row["state"] in RUNNING_STATES and driver.supports(DISK_HOTPLUG):
@@ -119,7 +126,7 @@ class Observer:
             if lease is not None and lease["state"] == "ended" and proc is not None:
                 findings.append(Finding("lease-expired-alive", label,
                                         f"lease {lease['id']} ended ({lease['end_reason']}) but pid {proc.pid} runs",
-                                        "destroy the VM (`vmfixtures observe --fix`)"))
+                                        "destroy the VM (`vmfixtures observe --fix`)", _vm_path(row)))
         for disk in self.ledger.live_disks():
             if Path(disk["path"]).exists():
                 continue
@@ -129,12 +136,12 @@ class Observer:
                                         f"({'attached to VM ' + vm['name'] if vm else 'detached'}), recorded "
                                         f"{time.ctime(disk['created_at'])}, is not on disk",
                                         f"its data is gone: `vmfixtures disk detach {disk['name']}` (--fix marks "
-                                        "the disk removed in the ledger)"))
+                                        "the disk removed in the ledger)", disk["path"]))
                 continue
             findings.append(Finding("disk-missing", disk["path"], f"{disk['kind']} disk recorded "
                                     f"{time.ctime(disk['created_at'])} is not on disk",
                                     "destroy the VM that used it, its data is gone (--fix marks the disk "
-                                    "removed in the ledger)"))
+                                    "removed in the ledger)", disk["path"]))
         storages = self.storages()
         # A VM being created or destroyed may have its process before (or after) its record of it:
         # libvirt starts QEMU inside a restore that takes a second. Its folder's row covers it.
@@ -145,20 +152,22 @@ class Observer:
                 continue
             findings.append(Finding("orphan-process", f"QEMU pid {proc.pid}",
                                     f"runs in {cwd} with no ledger row: {' '.join(proc.cmdline()[:3])}",
-                                    "kill it (`vmfixtures observe --fix`)"))
+                                    "kill it (`vmfixtures observe --fix`)", cwd))
         findings += self._orphan_files(storages, live_rows)
         if any(r["backend"] == "libvirt" for r in live_rows) or (self.home / "pool-libvirt").exists():
             findings += _stray_domains(storages, live_rows)
         for d in orphan_run_dirs():
-            findings.append(Finding("orphan-socket", str(d), f"socket folder of {(d / 'vm_dir').read_text()}, "
-                                    "which no longer exists", "remove it (`vmfixtures observe --fix`)"))
+            vm_dir = _served_vm(d)
+            findings.append(Finding("orphan-socket", str(d), f"socket folder of {vm_dir}, "
+                                    "which no longer exists", "remove it (`vmfixtures observe --fix`)", vm_dir))
         findings += _stray_network_helpers()
         findings += _stray_agent_relays()
         for tunnel in self.ledger.live_tunnels():
             if not _tunnel_alive(tunnel):
                 findings.append(Finding("tunnel-down", f"tunnel {tunnel['id']} {tunnel['kind']} {tunnel['bind']}",
                                         f"recorded up, but its ssh pid {tunnel['pid']} is gone",
-                                        "start `vmfixtures portforward` again (--fix marks the tunnel down)"))
+                                        "start `vmfixtures portforward` again (--fix marks the tunnel down)",
+                                        _vm_path(self.ledger.vm(tunnel["vm_id"]))))
         return findings
 
     def _check_mounts(self, driver: QemuBackend, row: dict) -> list[Finding]:
@@ -172,7 +181,8 @@ class Observer:
             return []  # the guest agent is busy with another client; the next pass will look
         return [Finding("mount-missing", f"{row['name']}:{r.target}", f"recorded mount of {r.source} is "
                         f"{'a ' + in_guest[r.target] if r.target in in_guest else 'not'} mounted in the guest",
-                        "`vmfixtures umount` then `vmfixtures mount` it again (or --fix drops the record)")
+                        "`vmfixtures umount` then `vmfixtures mount` it again (or --fix drops the record)",
+                        _vm_path(row))
                 for r in records if in_guest.get(r.target) != SSHFS]
 
     def _check_data_disks(self, driver, row: dict) -> list[Finding]:
@@ -186,7 +196,8 @@ class Observer:
         known = {str(Path(f).resolve()) for f in recorded}
         return [Finding("disk-unrecorded", f"disk {file} in {_label(row)}",
                         f"the {driver.name} backend has it plugged in as {device}; no record attaches it",
-                        "find who attached it; stop and start the VM to boot it with its recorded disks only")
+                        "find who attached it; stop and start the VM to boot it with its recorded disks only",
+                        _vm_path(row))
                 for device, file in plugged.items() if str(Path(file).resolve()) not in known]
 
     def _orphan_files(self, storages: set[str], live_rows: list[dict]) -> list[Finding]:
@@ -200,7 +211,7 @@ class Observer:
             for entry in root.iterdir():
                 if entry.name == DISKS_FOLDER and entry.is_dir():  # the data disks: each file needs its row
                     findings += [Finding("orphan-disk", str(f), f"data disk file in {entry} that no ledger row "
-                                         "owns", "remove it (`vmfixtures observe --fix`)")
+                                         "owns", "remove it (`vmfixtures observe --fix`)", str(f))
                                  for f in sorted(entry.glob("*.qcow2")) if str(f) not in data_disks]
                     continue
                 if str(entry) not in owned_dirs:
@@ -208,7 +219,7 @@ class Observer:
                     findings.append(Finding("orphan-disk", str(entry), f"{'folder' if entry.is_dir() else 'file'} "
                                             f"in storage {storage} that no ledger row owns"
                                             + (f" (holds {', '.join(disks)})" if disks else ""),
-                                            "remove it (`vmfixtures observe --fix`)"))
+                                            "remove it (`vmfixtures observe --fix`)", str(entry)))
         return findings
 
     def run(self, fix: bool = False) -> Report:
@@ -328,7 +339,7 @@ def _stray_network_helpers() -> list[Finding]:
         why = _outlived_vm(proc, folder, network.RECORD)
         if why:
             findings.append(Finding("stray-network-helper", f"passt pid {proc.pid}", f"serves {folder}, {why}",
-                                    "kill it (`vmfixtures observe --fix`)"))
+                                    "kill it (`vmfixtures observe --fix`)", _served_vm(folder)))
     for table in network.our_tables():
         if int(table.removeprefix(network.TABLE_PREFIX)) not in groups:
             findings.append(Finding("stray-firewall", f"nftables table {table}",
@@ -343,8 +354,21 @@ def _stray_agent_relays() -> list[Finding]:
         why = _outlived_vm(proc, folder)
         if why:
             findings.append(Finding("stray-agent-relay", f"agent relay pid {proc.pid}",
-                                    f"holds {folder / 'qga.sock'}, {why}", "kill it (`vmfixtures observe --fix`)"))
+                                    f"holds {folder / 'qga.sock'}, {why}", "kill it (`vmfixtures observe --fix`)",
+                                    _served_vm(folder)))
     return findings
+
+
+def _vm_path(row: dict | None) -> str:
+    return str(Path(row["storage"]) / row["name"]) if row else ""
+
+
+def _served_vm(socket_folder: Path) -> str:
+    """The VM folder a helper's socket folder names ('' once that record is gone)."""
+    try:
+        return (socket_folder / "vm_dir").read_text().strip()
+    except OSError:
+        return ""
 
 
 def _label(row: dict) -> str:
@@ -383,7 +407,8 @@ def _stray_domains(storages: set[str], live_rows: list[dict]) -> list[Finding]:
             continue
         findings.append(Finding("stray-domain", f"libvirt domain {domain}",
                                 f"carries the project's prefix (VM {name or '?'} in {storage or '?'}) but no "
-                                "live VM of the ledger is it", "destroy it (`vmfixtures observe --fix`)"))
+                                "live VM of the ledger is it", "destroy it (`vmfixtures observe --fix`)",
+                                str(Path(storage) / (name or "")) if storage else ""))
     return findings
 
 

@@ -24,6 +24,8 @@ from .backends import Backend, backend_for, chosen, open_backend, recorded_backe
 from .backends.qemu import clear_run_dir, our_qemu_processes, run_dirs_of
 from .procs import kill, live_process
 
+STARTING_GRACE = 60.0  # seconds a run folder may lack its owner record (it is being created)
+
 
 @dataclass
 class Leftovers:
@@ -76,13 +78,22 @@ class RunScope:
                 owner = json.loads((run / "owner.json").read_text())
                 alive = live_process(owner["pid"], owner["create_time"]) is not None
             except (OSError, ValueError, KeyError):
-                alive = False  # no readable owner: a run that died while starting
+                # no readable owner: a run that died while starting, or one starting right now beside us
+                alive = _younger_than(run, STARTING_GRACE)
             if alive or run == self.dir:
                 continue
             leftovers = RunScope._destroy_all(run / "vms", quiet=self.quiet)
             shutil.rmtree(run, ignore_errors=True)
             reaped.append(f"run {run.name}: {len(leftovers)} VM(s) destroyed")
         return reaped
+
+    def concerns(self, path: str | None) -> bool:
+        """Whether an observer finding about ``path`` is this run's to judge. Runs side by side share the
+        daemon and its observer; what lies in another run's folder is that run's. A path in this run's
+        folder, in no run's (the pool, a helper gone astray) or none at all concerns every run."""
+        if not path:
+            return True
+        return Path(path).is_relative_to(self.dir) or not Path(path).is_relative_to(self.root)
 
     def destroy_vms(self) -> Leftovers:
         """Destroy every VM of this run; report anything that survived."""
@@ -132,3 +143,10 @@ def _domains_of(storage: Path, backend: str) -> list[str]:
 
     where = str(Path(storage).resolve())
     return [d for d, s, _ in our_domains() if s == where]
+
+
+def _younger_than(folder: Path, seconds: float) -> bool:
+    try:
+        return time.time() - folder.stat().st_mtime < seconds
+    except OSError:
+        return False

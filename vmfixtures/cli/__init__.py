@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from .. import errors
-from . import agents, backups, daemon, disk_backups, disks, files, forwarding, guest, images, mounts, project, report, vms
+from . import agents, backups, daemon, disk_backups, disks, files, forwarding, guest, images, mounts, project, report, spec, vms
 
 EXIT_CODES = """exit codes:
   0  success                      5  a host tool is missing
@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     daemon.register(sub)
     project.register(sub)
     report.register(sub)
+    spec.register(sub)
     return p
 
 
