@@ -58,8 +58,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+PASSTHROUGH = {"spec"}  # commands that give what follows `--` to another program as it is
+
+
+def _group(argv: list[str]) -> str | None:
+    """The command group named in ``argv`` (the first word that is no global option or its value)."""
+    words = iter(argv)
+    for word in words:
+        if word in ("--storage", "--backend"):
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    passthrough = []
+    if "--" in argv and _group(argv[:argv.index("--")]) in PASSTHROUGH:
+        argv, passthrough = argv[:argv.index("--")], argv[argv.index("--") + 1:]
     args = build_parser().parse_args(argv)
+    if getattr(args, "group", None) in PASSTHROUGH:
+        args.passthrough = passthrough
     if getattr(args, "command", None) and args.command[:1] == ["--"]:
         args.command = args.command[1:]
     try:

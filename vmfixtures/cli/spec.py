@@ -32,8 +32,7 @@ def cmd_spec(args) -> int:
     timings = parallel.Timings()
     features = timings.order(features, selection)
     workers = min(args.workers, len(features))
-    extra = args.behave[1:] if args.behave[:1] == ["--"] else args.behave
-    behave_args = [f"--tags={t}" for t in args.tags] + [f"-D{d}" for d in args.define] + extra
+    behave_args = [f"--tags={t}" for t in args.tags] + [f"-D{d}" for d in args.define] + args.passthrough
     started = None
     if os.environ.get("VMFIXTURES_DAEMON") != "off":
         client, started = ensure_daemon(extra_args=parallel.SPEC_DAEMON_ARGS)
@@ -73,13 +72,16 @@ def cmd_spec(args) -> int:
 def register(sub) -> None:
     p = sub.add_parser(
         "spec", help="run the specification with several behave workers sharing one fixture daemon",
+        usage="vmfixtures spec [-h] [--tags EXPR] [-D KEY=VALUE] [--workers N] [-v] [--json FILE] [PATH ...] "
+              "[-- BEHAVE_ARGS ...]",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Run the feature files as separate behave runs, WORKERS at a time, the longest first "
                     "(by the last run's times), all using one fixture daemon (started here if none runs, and "
                     "stopped at the end). Scenarios tagged @exclusive run alone. Each feature's result is one "
                     "line as it ends; a failed feature's whole output follows it. Exit 0 when every feature "
                     "passed, 1 when one failed, or the code of a run that could not start (2: bad arguments).",
-        epilog="example: vmfixtures spec --tags=@p0\n"
+        epilog="BEHAVE_ARGS after -- go to every behave run as they are (formatters, --junit-directory, ...).\n"
+               "example: vmfixtures spec --tags=@p0\n"
                "         vmfixtures spec -D backend=libvirt --tags=@p0 -- --junit-directory reports/junit-libvirt\n"
                "In arguments after --, {feature} becomes each feature's name (for example -o out/{feature}.json).")
     p.add_argument("paths", nargs="*", type=Path, metavar="PATH",
@@ -92,6 +94,4 @@ def register(sub) -> None:
                    help=f"behave runs at once (default: {DEFAULT_WORKERS})")
     p.add_argument("-v", "--verbose", action="store_true", help="print every feature's output, not only a failed one's")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write each feature's outcome and time to FILE")
-    p.add_argument("behave", nargs=argparse.REMAINDER, metavar="-- BEHAVE_ARGS",
-                   help="options given to every behave run as they are (formatters, --junit-directory, ...)")
     p.set_defaults(func=cmd_spec)
