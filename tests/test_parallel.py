@@ -78,7 +78,8 @@ def test_the_longest_feature_starts_first_and_times_are_kept(tmp_path):
     short, long_, new = Feature(Path("s.feature"), 10), Feature(Path("l.feature"), 1), Feature(Path("n.feature"), 3)
     timings = Timings(tmp_path / "t.json")
     short.seconds, short.exit_code, long_.seconds, long_.exit_code = 5.0, 0, 90.0, 0
-    timings.save([short, long_], "@p0")
+    new.seconds, new.exit_code = 500.0, 1  # failed: its time is not kept
+    timings.save([short, long_, new], "@p0")
     order = Timings(tmp_path / "t.json").order([short, long_, new], "@p0")
     assert [f.path.name for f in order] == ["l.feature", "n.feature", "s.feature"], "3 untimed scenarios guess 12 s"
     assert [f.path.name for f in Timings(tmp_path / "t.json").order([short, long_], "@p1")] == ["s.feature", "l.feature"]

@@ -133,7 +133,7 @@ class Timings:
 
     def save(self, features: list[Feature], selection: str) -> None:
         for f in features:
-            if f.exit_code is not None:
+            if f.exit_code == 0:  # a failed or interrupted run's time says little about the next one
                 self.data[self.key(f, selection)] = round(f.seconds, 1)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
