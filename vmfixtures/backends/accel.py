@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -22,6 +23,10 @@ from ..files import write_atomically
 
 PROBE_LINE = b"vmfixtures: probe ok"
 KVM_DEADLINE = 15.0
+# Both probes run at once; a KVM that works boots well before TCG does. Once TCG has finished, KVM
+# gets this many times TCG's time (at least KVM_GRACE_MIN seconds) before it counts as hanging.
+KVM_AFTER_TCG = 2.0
+KVM_GRACE_MIN = 4.0
 TCG_DEADLINE = 120.0
 QEMU = "qemu-system-x86_64"
 
@@ -58,8 +63,9 @@ def _boot_id() -> str:
         return "unknown"
 
 
-def probe_boot(accel: str, kernel: Path, initrd: Path, deadline: float) -> float | None:
-    """Seconds until the probe line under ``accel``, or None past ``deadline``."""
+def probe_boot(accel: str, kernel: Path, initrd: Path, deadline: float, give_up=None) -> float | None:
+    """Seconds until the probe line under ``accel``, or None past ``deadline`` (or once
+    ``give_up(seconds so far)`` says so)."""
     cmd = [QEMU, "-machine", f"pc,accel={accel}", "-m", "128", "-nodefaults", "-no-user-config",
            "-display", "none", "-no-reboot", "-serial", "stdio", "-kernel", str(kernel),
            "-initrd", str(initrd), "-append", "console=ttyS0 quiet panic=-1 vmf.probe"]
@@ -69,10 +75,14 @@ def probe_boot(accel: str, kernel: Path, initrd: Path, deadline: float) -> float
     except FileNotFoundError:
         raise MissingDependency(f"'{QEMU}' not found: install the Debian package 'qemu-system-x86'") from None
     try:
-        out = proc.communicate(timeout=deadline)[0]
-        return time.monotonic() - start if PROBE_LINE in out else None
-    except subprocess.TimeoutExpired:
-        return None
+        while True:
+            elapsed = time.monotonic() - start
+            try:
+                out = proc.communicate(timeout=min(0.1, max(0.0, deadline - elapsed)))[0]
+                return time.monotonic() - start if PROBE_LINE in out else None
+            except subprocess.TimeoutExpired:
+                if time.monotonic() - start >= deadline or (give_up and give_up(time.monotonic() - start)):
+                    return None
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -100,19 +110,36 @@ def choose(kernel: Path, initrd: Path, refresh: bool = False) -> Accel:
 def _probe(kernel: Path, initrd: Path, forced: str | None) -> Accel:
     if forced not in (None, "", "kvm", "tcg"):
         raise MissingDependency(f"VMFIXTURES_ACCEL={forced!r}: use 'kvm' or 'tcg'")
-    if forced != "tcg":
-        if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-            reason = "/dev/kvm is absent or not accessible"
-        else:
-            seconds = probe_boot("kvm", kernel, initrd, KVM_DEADLINE)
-            if seconds is not None:
-                return Accel("kvm", "KVM probe boot finished", round(seconds, 2))
-            reason = f"/dev/kvm exists but a KVM probe boot did not finish within {KVM_DEADLINE:.0f}s"
+    if forced == "tcg":
+        return Accel("tcg", "forced by VMFIXTURES_ACCEL=tcg", _tcg_seconds(kernel, initrd))
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        reason = "/dev/kvm is absent or not accessible"
         if forced == "kvm":
             raise MissingDependency(f"VMFIXTURES_ACCEL=kvm but {reason}")
-    else:
-        reason = "forced by VMFIXTURES_ACCEL=tcg"
+        return Accel("tcg", reason, _tcg_seconds(kernel, initrd))
+    with ThreadPoolExecutor(1) as pool:  # TCG's probe beside KVM's: it is the yardstick either way
+        tcg = pool.submit(probe_boot, "tcg", kernel, initrd, TCG_DEADLINE)
+
+        def kvm_hangs(elapsed: float) -> bool:
+            done = tcg.done() and tcg.result()
+            return bool(done) and elapsed > max(KVM_GRACE_MIN, KVM_AFTER_TCG * done) and forced != "kvm"
+
+        seconds = probe_boot("kvm", kernel, initrd, KVM_DEADLINE, give_up=kvm_hangs)
+        tcg_seconds = tcg.result()
+    if seconds is not None:
+        return Accel("kvm", "KVM probe boot finished", round(seconds, 2))
+    waited = KVM_DEADLINE if forced == "kvm" or not tcg_seconds else max(KVM_GRACE_MIN, KVM_AFTER_TCG * tcg_seconds)
+    reason = (f"/dev/kvm exists but a KVM probe boot did not finish within {waited:.0f}s"
+              + (f" (TCG's took {tcg_seconds:.1f}s)" if tcg_seconds else ""))
+    if forced == "kvm":
+        raise MissingDependency(f"VMFIXTURES_ACCEL=kvm but {reason}")
+    if tcg_seconds is None:
+        raise MissingDependency(f"even a TCG probe boot of {kernel} did not finish within {TCG_DEADLINE:.0f}s")
+    return Accel("tcg", reason, round(tcg_seconds, 2))
+
+
+def _tcg_seconds(kernel: Path, initrd: Path) -> float:
     seconds = probe_boot("tcg", kernel, initrd, TCG_DEADLINE)
     if seconds is None:
         raise MissingDependency(f"even a TCG probe boot of {kernel} did not finish within {TCG_DEADLINE:.0f}s")
-    return Accel("tcg", reason, round(seconds, 2))
+    return round(seconds, 2)
