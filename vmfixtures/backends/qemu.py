@@ -948,21 +948,22 @@ def freshen_through_helper(m: Machine, fifo: str, timeout: float = 2.0) -> bool:
 
     The FIFO is opened read-write: that never blocks, so a clone whose helper is gone cannot hang its
     agent (the message then stays unread, and False sends the caller to the slow path)."""
-    try:
-        handle = m.agent.call("guest-file-open", path=fifo, mode="r+")
-    except RefusedCommand:  # no FIFO: the helper never came up in the template
-        return False
-    # Not write_file: the time is taken after the open, the clone's first (and slowest) agent call.
-    ns = time.time_ns()
-    when = int.to_bytes(ns // 10**9, 8, "little", signed=True) + int.to_bytes(ns % 10**9, 8, "little", signed=True)
-    message = os.urandom(64) + when + m.name.encode()
-    m.agent.calls([("guest-file-write", {"handle": handle, "buf-b64": base64.b64encode(message).decode()}),
-                   ("guest-file-close", {"handle": handle})])
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if m.agent.read_small("/proc/sys/kernel/hostname").strip() == m.name.encode():
-            return True
-        time.sleep(0.002)
+    with m.agent.session():  # one connection: each new one costs the guest a resync
+        try:
+            handle = m.agent.call("guest-file-open", path=fifo, mode="r+")
+        except RefusedCommand:  # no FIFO: the helper never came up in the template
+            return False
+        # Not write_file: the time is taken after the open, the clone's first (and slowest) agent call.
+        ns = time.time_ns()
+        when = int.to_bytes(ns // 10**9, 8, "little", signed=True) + int.to_bytes(ns % 10**9, 8, "little", signed=True)
+        message = os.urandom(64) + when + m.name.encode()
+        m.agent.calls([("guest-file-write", {"handle": handle, "buf-b64": base64.b64encode(message).decode()}),
+                       ("guest-file-close", {"handle": handle})])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if m.agent.read_small("/proc/sys/kernel/hostname").strip() == m.name.encode():
+                return True
+            time.sleep(0.002)
     return False
 
 
