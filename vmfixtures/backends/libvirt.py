@@ -59,7 +59,8 @@ from ..procs import ProcessId, kill, wait_exit
 from ..progress import Progress
 from ..spec import VMSpec
 from .base import DIRTY_BITMAPS, DISK_HOTPLUG, FIRST_DATA_SLOT, MEMORY_SNAPSHOTS, NETWORK_PROFILES, DataDisk
-from .qemu import PREFIX, Boot, QemuBackend, _forwarded_port, _write_json, clear_run_dir, make_run_dir
+from .qemu import (FRESHEN_PIPE, FRESHEN_PORT, PREFIX, Boot, QemuBackend, _forwarded_port, _write_json, clear_run_dir,
+                   make_freshen_pipe, make_run_dir)
 
 DEFAULT_URI = "qemu:///system"
 METADATA_NS = "https://vmfixtures.invalid/domain/1"
@@ -244,6 +245,7 @@ class LibvirtBackend(QemuBackend):
     <serial type='unix'><source mode='bind' path={a(str(run / 'console.sock'))}/>
       <log file={a(str(vm_dir / 'console.log'))} append='on'/><target port='0'/></serial>
     <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>
+    <channel type='pipe'><source path={a(str(run / FRESHEN_PIPE))}/><target type='virtio' name={a(FRESHEN_PORT)}/></channel>
     <rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>
     <memballoon model='none'/>{''.join(_disk_xml(d) for d in self.data_disks(name))}
   </devices>
@@ -274,6 +276,7 @@ class LibvirtBackend(QemuBackend):
         clear_run_dir(vm_dir)
         run = make_run_dir(vm_dir)
         _link_disk(run, vm_dir)
+        make_freshen_pipe(run)
         accel = self.accel()
         spec = VMSpec.from_dict(meta["spec"])
         progress = Progress(f"vm {name}", self.quiet)

@@ -17,10 +17,10 @@ ours from anyone else's.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
+import select
 import shlex
 import shutil
 import socket
@@ -88,7 +88,12 @@ READY_LINE = r"vmfixtures: ready"
 SOCKETS = ("qmp", "qga", "console")
 RELAY = Path(__file__).resolve().parent.parent / "guest" / "relay.py"
 FRESHEN_HELPER = Path(__file__).resolve().parent.parent / "guest" / "freshen.pl"
-FRESHEN_FIFO = "/run/vmfixtures/freshen"  # where the helper waits (see freshen.pl)
+RESUMES = "resumes"  # snapshot.json: saved without the run state (see _load_memory)
+NO_RUN_STATE = "migration.store-global-state=off"
+FRESHEN_PORT = "org.vmfixtures.freshen.0"  # the virtio-serial port the helper waits on (see freshen.pl)
+FRESHEN_PIPE = "freshen"  # run/freshen.in and run/freshen.out: the host's end of that port
+FRESHEN_READY = "/run/vmfixtures/freshen.ready"  # the helper has opened its port
+FRESHEN_FAILED = "/run/vmfixtures/freshen.failed"  # it could not (what it said)
 
 
 @dataclass
@@ -334,36 +339,45 @@ class QemuBackend(Backend):
         progress = Progress(f"vm {name}", self.quiet)
         progress.step(f"booting ({accel.name}, {spec.cpus} cpu, {spec.memory // 1024**2} MiB)")
         listeners = {s: _listen(run / f"{s}.sock") for s in SOCKETS}
+        make_freshen_pipe(run)
         console_log = vm_dir / "console.log"
         offset = console_log.stat().st_size if console_log.exists() else 0
+        relays = []  # the agent relay starts while passt does (it queues on QEMU's socket until QEMU runs)
         try:
             net = Network(spec.network, run, name)
-            net_args = net.qemu_args(net.start())
+            net_args = net.qemu_args(net.start(meanwhile=lambda: relays.append(_start_agent_relay(run, vm_dir))))
+            relay = relays[0] if relays else _start_agent_relay(run, vm_dir)
         except BaseException:
             for l in listeners.values():
                 l.close()
             clear_run_dir(vm_dir)
             raise
         cmd = self._command(name, spec, img, accel, listeners, console_log, net_args, self._ram(meta, incoming))
-        if incoming:
-            cmd += ["-S", "-incoming", "defer"]
+        if incoming:  # paused until the state is in; one saved by this build resumes by itself then
+            cmd += [*(() if _resumes(incoming) else ("-S",)), "-incoming", "defer"]
         # Die with the owner only when the owner is this very process, and only when
         # spawned from the main thread: PDEATHSIG fires when the forking *thread* exits.
         owned = ((meta.get("owner") or {}).get("pid") == os.getpid()
                  and threading.current_thread() is threading.main_thread())
         no_huge_pages_for_children()
-        with open(vm_dir / "qemu.log", "ab") as log:
-            log_offset = log.tell()
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=vm_dir,
-                                    pass_fds=[l.fileno() for l in listeners.values()], start_new_session=True,
-                                    preexec_fn=die_with_parent if owned else None)
+        # The memory snapshot, open for QEMU to read as fd:N: `exec:cat` made it fork a shell and cat.
+        state = os.open(incoming, os.O_RDONLY) if incoming else None
+        try:
+            with open(vm_dir / "qemu.log", "ab") as log:
+                log_offset = log.tell()
+                proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=vm_dir,
+                                        pass_fds=[l.fileno() for l in listeners.values()]
+                                        + ([state] if state is not None else []),
+                                        start_new_session=True, preexec_fn=die_with_parent if owned else None)
+        finally:
+            if state is not None:
+                os.close(state)  # QEMU holds its own copy now
         CHILDREN[proc.pid] = proc
         for l in listeners.values():
             l.close()  # QEMU holds its own copies now
-        relay = _start_agent_relay(run, vm_dir)
         info = {"pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time(), "accel": accel.name,
                 "accel_reason": accel.reason, "started_at": time.time(), "cmdline": cmd,
-                "agent_relay": relay.record()}
+                "agent_relay": relay.record(), **({"incoming_fd": state} if state is not None else {})}
         _write_json(run / "run.json", info)
         return Boot(proc, info, offset, progress, vm_dir, log_offset)
 
@@ -399,6 +413,7 @@ class QemuBackend(Backend):
     def _command(self, name: str, spec: VMSpec, img: Image, accel, listeners: dict, console_log: Path,
                  net_args: list[str], ram: dict | None = None) -> list[str]:
         fd = {s: listeners[s].fileno() for s in SOCKETS}
+        freshen_pipe = (self.vm_dir(name) / "run").resolve() / FRESHEN_PIPE
         mib = spec.memory // 1024**2
         machine = f"pc,accel={accel.name}"
         ram_args = []
@@ -409,6 +424,8 @@ class QemuBackend(Backend):
         cmd = [QEMU, "-name", f"guest={PREFIX}{name},debug-threads=off",
                "-machine", machine, *ram_args, "-smp", str(spec.cpus), "-m", f"{mib}M",
                "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+               # Its snapshots leave the run state out: a restore then resumes without being told to.
+               "-global", NO_RUN_STATE,
                "-kernel", str(img.kernel), "-initrd", str(img.initrd),
                "-append", accel.kernel_args(name),
                "-blockdev", "driver=file,filename=disk.qcow2,node-name=disk0-file",
@@ -419,6 +436,10 @@ class QemuBackend(Backend):
                "-device", "virtio-serial-pci",
                "-chardev", f"socket,id=qga0,fd={fd['qga']},server=on,wait=off",
                "-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
+               # A pipe, not a socket: its host end is always connected, so the helper's read blocks
+               # (on a port whose host end is closed, a read returns at once).
+               "-chardev", f"pipe,id=fresh0,path={_qemu_opt(str(freshen_pipe))}",
+               "-device", f"virtserialport,chardev=fresh0,name={FRESHEN_PORT}",
                "-chardev", f"socket,id=con0,fd={fd['console']},server=on,wait=off,logfile={console_log},logappend=on",
                "-serial", "chardev:con0",
                "-chardev", f"socket,id=qmp0,fd={fd['qmp']},server=on,wait=off",
@@ -530,10 +551,23 @@ class QemuBackend(Backend):
         return StopResult(name, graceful, time.monotonic() - start)
 
     def _load_memory(self, name: str, mem: Path) -> None:
-        """Feed a memory snapshot to the paused, waiting QEMU and resume the guest."""
+        """Feed a memory snapshot to the waiting QEMU and resume the guest.
+
+        A snapshot saved by this build (``RESUMES``) carries no run state, so QEMU, started without
+        -S, resumes the guest by itself once the state is in: one exchange on a plain socket, no wait
+        (qemu.qmp's connection and the wait for the migration's end took ~25 ms more). The guest's
+        first answer is the proof; a stream that does not load ends QEMU, and ``Boot.abandon`` says why.
+        An older snapshot's state says "paused": it is waited for and continued."""
+        caps = ("migrate-set-capabilities", {"capabilities": self._migration_caps(name)})
+        fd = (self.run_info(name) or {}).get("incoming_fd")
+        incoming = ("migrate-incoming", {"uri": f"fd:{fd}" if fd is not None else f"exec:cat {shlex.quote(str(mem))}"})
+        if _resumes(mem):
+            qmp_exchange((self.vm_dir(name) / "run").resolve() / "qmp.sock", [caps, incoming],
+                         timeout=self.accel().scale(30), what=f"restore of '{name}'")
+            return
         with self._qmp(name) as qmp:
-            qmp.cmd("migrate-set-capabilities", capabilities=self._migration_caps(name))
-            qmp.cmd("migrate-incoming", uri=f"exec:cat {shlex.quote(str(mem))}")
+            qmp.cmd(caps[0], **caps[1])
+            qmp.cmd(incoming[0], **incoming[1])
             _wait_migration(qmp, self.accel().scale(60), f"restore of '{name}'")
             qmp.cmd("cont")
 
@@ -559,6 +593,10 @@ class QemuBackend(Backend):
         kill(proc)
 
     # -- memory snapshots -------------------------------------------------
+    def _saves_without_run_state(self, name: str) -> bool:
+        """VM ``name``'s QEMU leaves the run state out of its snapshots (it was started by this build)."""
+        return NO_RUN_STATE in ((self.run_info(name) or {}).get("cmdline") or [])
+
     def _migration_caps(self, name: str) -> list[dict]:
         """Migration capabilities, the same on the saving and the loading side: a VM on file-backed RAM
         migrates with ``x-ignore-shared`` (a template's shared RAM is left out of the stream, its clones
@@ -595,6 +633,7 @@ class QemuBackend(Backend):
             raise GuestError(f"VM '{name}' is not running; only a running VM can be snapshotted")
         dest.mkdir(parents=True)
         helper = start_freshen_helper(self.machine(name))
+        resumes = self._saves_without_run_state(name)
         self._save_memory_and_end(name, proc, dest / self.MEMORY_FILE)
         os.rename(self.vm_dir(name) / "disk.qcow2", dest / "disk.qcow2")
         os.chmod(dest / "disk.qcow2", 0o444)
@@ -604,7 +643,7 @@ class QemuBackend(Backend):
             extra["ram"] = self.RAM_FILE
         _write_json(dest / "snapshot.json", {"spec": meta["spec"], "image": meta["image"],
                                              "image_dir": meta["image_dir"], "created_at": time.time(),
-                                             "freshen": FRESHEN_FIFO if helper else None, **extra})
+                                             "freshen": FRESHEN_PORT if helper else None, RESUMES: resumes, **extra})
         clear_run_dir(self.vm_dir(name))
         shutil.rmtree(self.vm_dir(name), ignore_errors=True)
         return dest
@@ -674,6 +713,7 @@ class QemuBackend(Backend):
         resumed: the pause lasts about as long as the memory write.
         """
         proc, dest, partial = self._new_snapshot_folder(name, tag)
+        resumes = self._saves_without_run_state(name)
         try:
             with self._qmp(name) as qmp:
                 qmp.cmd("migrate-set-capabilities", capabilities=self._migration_caps(name))
@@ -685,7 +725,7 @@ class QemuBackend(Backend):
                                     str(partial / "disk.qcow2")], check=True, capture_output=True)
                 finally:
                     qmp.cmd("cont")  # resume whatever happened: a failed snapshot must not leave it paused
-            _write_json(partial / "snapshot.json", {"tag": tag, "vm": name, "created_at": time.time(),
+            _write_json(partial / "snapshot.json", {"tag": tag, "vm": name, "created_at": time.time(), RESUMES: resumes,
                                                     "spec": self._meta(name)["spec"],
                                                     "disks": self._meta(name).get("disks", [])})
             os.rename(partial, dest)
@@ -734,16 +774,16 @@ class QemuBackend(Backend):
         generator is reseeded then too. Both in one guest process (``fresh_clock_and_entropy``):
         qemu-ga's guest-set-time also runs hwclock (0.4-1 s under TCG)."""
         if clock:
-            fifo = self._freshen_fifo(m.name)
-            if fifo and freshen_through_helper(m, fifo):
+            if self._has_freshen_helper(m.name) and freshen_through_helper(m, self.vm_dir(m.name) / "run"):
                 return
             fresh_clock_and_entropy(m)
         m.agent.write_file("/proc/sys/kernel/hostname", m.name.encode())
 
-    def _freshen_fifo(self, name: str) -> str | None:
-        """Where the clone helper of the snapshot VM ``name`` came from waits, if it has one."""
+    def _has_freshen_helper(self, name: str) -> bool:
+        """The snapshot VM ``name`` came from has a clone helper waiting on its port (an older snapshot's
+        helper waited elsewhere: its clones take the slow path)."""
         snapshot = self._meta(name).get("snapshot")
-        return (read_json(Path(snapshot) / "snapshot.json") or {}).get("freshen") if snapshot else None
+        return bool(snapshot) and (read_json(Path(snapshot) / "snapshot.json") or {}).get("freshen") == FRESHEN_PORT
 
     def restart(self, name: str) -> Machine:
         self.stop(name)
@@ -932,39 +972,58 @@ def fresh_clock_and_entropy(m: Machine) -> None:
 
 def start_freshen_helper(m: Machine) -> bool:
     """Start the clone helper (guest/freshen.pl) in a VM about to become a pool snapshot, and wait
-    until it listens: each clone then finds it running (``freshen_through_helper``). False when it
-    did not come up: the snapshot is still good, its clones take the slow path."""
+    until it has opened its port: each clone then finds it waiting (``freshen_through_helper``).
+    False when it did not come up: the snapshot is still good, its clones take the slow path."""
     try:
         m.agent.call("guest-exec", path="/usr/bin/perl", arg=["-e", FRESHEN_HELPER.read_text()])
-        return m.execute(f"i=0; until [ -p {FRESHEN_FIFO} ]; do i=$((i+1)); [ $i -gt 1000 ] && exit 1; "
-                         "busybox usleep 5000; done", timeout=30).ok
+        return m.execute(f"i=0; until [ -e {FRESHEN_READY} ]; do i=$((i+1)); [ $i -gt 1000 ] && exit 1; "
+                         f"[ -e {FRESHEN_FAILED} ] && exit 1; busybox usleep 5000; done", timeout=30).ok
     except RefusedCommand:
         return False
 
 
-def freshen_through_helper(m: Machine, fifo: str, timeout: float = 2.0) -> bool:
-    """Hand a restored clone's helper fresh randomness, the host's time and the clone's name; True when
-    the guest shows the name (the helper sets it last, and only when the rest worked).
+def freshen_through_helper(m: Machine, run: Path, timeout: float = 2.0) -> bool:
+    """Hand a restored clone's helper fresh randomness, the host's time and the clone's name on its
+    port; True when it answers that it set them all. The guest agent is asked to answer meanwhile
+    (a restore hands out a VM whose agent answers): the helper works while the agent wakes up.
 
-    The FIFO is opened read-write: that never blocks, so a clone whose helper is gone cannot hang its
-    agent (the message then stays unread, and False sends the caller to the slow path)."""
-    with m.agent.session():  # one connection: each new one costs the guest a resync
+    Both ends are opened without blocking: a clone whose helper (or QEMU) is gone answers nothing,
+    and False sends the caller to the slow path."""
+    ns = time.time_ns()
+    when = int.to_bytes(ns // 10**9, 8, "little", signed=True) + int.to_bytes(ns % 10**9, 8, "little", signed=True)
+    message = os.urandom(64) + when + m.name.encode()
+    try:
+        answers = os.open(run / f"{FRESHEN_PIPE}.out", os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return False  # a VM started before clones had the port
+    try:
         try:
-            handle = m.agent.call("guest-file-open", path=fifo, mode="r+")
-        except RefusedCommand:  # no FIFO: the helper never came up in the template
+            os.read(answers, 65536)  # whatever an earlier, abandoned exchange left
+        except BlockingIOError:
+            pass
+        try:
+            ask = os.open(run / f"{FRESHEN_PIPE}.in", os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:
             return False
-        # Not write_file: the time is taken after the open, the clone's first (and slowest) agent call.
-        ns = time.time_ns()
-        when = int.to_bytes(ns // 10**9, 8, "little", signed=True) + int.to_bytes(ns % 10**9, 8, "little", signed=True)
-        message = os.urandom(64) + when + m.name.encode()
-        m.agent.calls([("guest-file-write", {"handle": handle, "buf-b64": base64.b64encode(message).decode()}),
-                       ("guest-file-close", {"handle": handle})])
+        try:
+            os.write(ask, b"VMFX" + len(message).to_bytes(2, "little") + message)
+        finally:
+            os.close(ask)
+        m.agent.ping()
+        expected, got = f"ok {m.name}\n".encode(), b""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if m.agent.read_small("/proc/sys/kernel/hostname").strip() == m.name.encode():
-                return True
-            time.sleep(0.002)
-    return False
+        while not got.endswith(b"\n") and len(got) < 4096:
+            ready, _, _ = select.select([answers], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                return False
+            try:
+                chunk = os.read(answers, 4096)
+            except BlockingIOError:
+                continue
+            got += chunk
+        return got == expected
+    finally:
+        os.close(answers)
 
 
 def runtime_root() -> Path:
@@ -980,6 +1039,18 @@ def make_run_dir(vm_dir: Path) -> Path:
     (target / "vm_dir").write_text(str(vm_dir.resolve()))
     (vm_dir / "run").symlink_to(target)
     return target
+
+
+def _resumes(mem: Path) -> bool:
+    """The memory snapshot ``mem`` was saved without the run state: a restore resumes by itself."""
+    return bool((read_json(Path(mem).parent / "snapshot.json") or {}).get(RESUMES))
+
+
+def make_freshen_pipe(run: Path) -> Path:
+    """The two FIFOs of the clone helper's port (QEMU's pipe chardev opens PATH.in and PATH.out)."""
+    for end in ("in", "out"):
+        os.mkfifo(run / f"{FRESHEN_PIPE}.{end}", 0o600)
+    return run / FRESHEN_PIPE
 
 
 def _start_agent_relay(run: Path, vm_dir: Path) -> ProcessId:
@@ -1088,6 +1159,36 @@ def _listen(path: Path) -> socket.socket:
     os.chmod(path, 0o600)
     s.listen(8)
     return s
+
+
+def qmp_exchange(path: Path, commands: list[tuple[str, dict]], timeout: float, what: str) -> list:
+    """Negotiate and send ``commands`` to a QMP socket in one write; return their answers in order
+    (events are skipped). Raises GuestError naming ``what`` for a refused command or a QEMU that hung up."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(str(path))
+        stream = sock.makefile("rb")
+        stream.readline()  # the greeting
+        sock.sendall(b"".join(json.dumps({"execute": c, **({"arguments": a} if a else {})}).encode() + b"\n"
+                              for c, a in [("qmp_capabilities", {}), *commands]))
+        answers = []
+        while len(answers) <= len(commands):
+            line = stream.readline()
+            if not line:
+                raise GuestError(f"{what}: QEMU closed its monitor")
+            reply = json.loads(line)
+            if "error" in reply:
+                raise GuestError(f"{what}: QEMU refused: {reply['error'].get('desc', reply['error'])}")
+            if "return" in reply:
+                answers.append(reply["return"])
+        return answers[1:]
+    except socket.timeout:
+        raise Timeout(f"{what}: QEMU's monitor did not answer within {timeout:.0f}s") from None
+    except (OSError, ValueError) as exc:
+        raise GuestError(f"{what}: QEMU's monitor: {exc}") from None
+    finally:
+        sock.close()
 
 
 def qmp_events(qmp: QEMUMonitorProtocol, timeout: float, what: str):

@@ -56,8 +56,8 @@ def templates_wanted() -> bool:
 
 
 # What a snapshot's guest was set up with beyond its image and kernel arguments: bump when that changes
-# (the agent relay leaves the agent's channel connected), so that no daemon restores a template made the old way.
-GUEST_SETUP = 2
+# (3: the clone helper's own virtio-serial port), so that no daemon restores a template made the old way.
+GUEST_SETUP = 3
 
 
 def pool_key(spec: VMSpec, image_key: str, backend: str = "qemu", template: bool = False,

@@ -159,6 +159,19 @@ class GuestAgent:
         finally:
             self.close()
 
+    def ping(self, timeout: float = 10.0) -> None:
+        """The agent answers: one resynchronisation (the cheapest exchange a just-restored agent can
+        do: every command it runs for the first time in a new QEMU is translated afresh)."""
+        if self._sock:
+            return self.call("guest-ping", timeout)
+        with self.session(timeout):
+            try:
+                self._await_sync(time.monotonic() + timeout)
+            except (OSError, Timeout, GuestError) as exc:
+                self.close()
+                self._note("guest-sync-delimited", {}, f"{type(exc).__name__}: {exc}")
+                raise
+
     def call(self, command: str, timeout: float = 10.0, **arguments) -> object:
         """Run one agent command and return its ``return`` value."""
         return self.calls([(command, arguments)], timeout)[0]
