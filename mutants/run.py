@@ -283,8 +283,8 @@ MUTANTS = [
            "a restored VM's clone helper sets its clock and name but does not reseed its random generator: "
            "siblings draw the same numbers",
            "vmfixtures/guest/freshen.pl",
-           "    syswrite($r, substr($msg, 0, 64)) == 64 or next;\n"
-           "    ioctl($r, 0x5207, 0) or next;  # RNDRESEEDCRNG: rekey the generator from the pool now\n",
+           "    syswrite($rnd, substr($msg, 0, 64)) == 64 or return \"failed entropy\";\n"
+           "    ioctl($rnd, 0x5207, 0) or return \"failed reseed\";  # RNDRESEEDCRNG: rekey the generator from the pool now\n",
            "",
            _sel("untrusted_guest.feature", "draw different random numbers")),
     Mutant("sftp-unconfined",

@@ -25,6 +25,11 @@ die "no virtio port named $want\n" unless $dev;
 open(my $io, "+<", "/dev/$dev") or die "/dev/$dev: $!";
 binmode $io;
 open(my $rnd, "+<", "/dev/urandom") or die "urandom: $!";
+# Rekey now, just before the template's memory is saved: its clones' generator is then seconds younger
+# than the guest's uptime, and the kernel would not rekey it by itself for that long (its interval is
+# half the uptime early on). Siblings that skipped the reseed below would draw the same numbers then,
+# so the spec can tell.
+ioctl($rnd, 0x5207, 0) or die "RNDRESEEDCRNG: $!";
 open(my $ready, ">", "/run/vmfixtures/freshen.ready") or die "freshen.ready: $!";  # the host waits for it
 close $ready;
 $0 = "vmfixtures-freshen";
