@@ -97,3 +97,27 @@ def test_config_check_names_the_bad_field(tmp_path):
     (tmp_path / "vmfixtures.yaml").write_text("vms:\n  web:\n    cpus: lots\n")
     r = run(tmp_path, "config", "check")
     assert r.returncode == 2 and "vmfixtures.yaml:3: vms.web.cpus" in r.stderr
+
+
+@pytest.mark.parametrize("argv,env,expected", [
+    (["--backend", "libvirt"], {}, "libvirt"),
+    ([], {"VMFIXTURES_BACKEND": "libvirt"}, "libvirt"),
+    ([], {}, "qemu"),
+])
+def test_create_through_the_daemon_asks_for_the_commands_backend(tmp_path, monkeypatch, argv, env, expected):
+    """The daemon's default backend is its own environment's: a command must say which one it chose
+    (a daemon started without VMFIXTURES_BACKEND once gave a libvirt run QEMU VMs)."""
+    from vmfixtures import cli
+    from vmfixtures.client import Client
+
+    asked = []
+    monkeypatch.delenv("VMFIXTURES_BACKEND", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(Client, "alive", lambda self: {"pid": 1})
+    monkeypatch.setattr(Client, "create", lambda self, storage, spec, lease=None, backend=None: (
+        asked.append(backend) or {"status": "created", "state": "leased", "source": "pool"}))
+    config = tmp_path / "vmfixtures.yaml"
+    config.write_text("vms:\n  devbox: {}\n")
+    assert cli.main([*argv, "--storage", str(tmp_path / "vms"), "vm", "create", "devbox", "-c", str(config)]) == 0
+    assert asked == [expected], f"the daemon was asked for backend {asked}, expected {expected}"

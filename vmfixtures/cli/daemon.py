@@ -9,7 +9,8 @@ import os
 from .. import errors, paths
 from ..client import Client, Heartbeat, start_daemon
 from ..spec import load_config
-from .common import add_config, add_json, daemon_client, named_vms, signal_wait, storage_dir, vm_backend
+from .common import (add_config, add_json, backend_name, daemon_client, named_vms, signal_wait, storage_dir,
+                     vm_backend)
 
 
 def cmd_observe(args) -> int:
@@ -131,7 +132,7 @@ def cmd_lease_hold(args) -> int:
     beat = Heartbeat(client, f"hold-{os.getpid()}", args.ttl / 3).start()
     try:
         for name in names:
-            client.create(storage_dir(args), config.vm(name).to_dict(), lease["id"])
+            client.create(storage_dir(args), config.vm(name).to_dict(), lease["id"], backend_name(args))
         for vm in client.lease(lease["id"])["vms"]:
             print(f"{vm['name']}: ssh 127.0.0.1:{vm['ssh_port']} (lease {lease['id']}, from {vm['source']})", flush=True)
         signal_wait()

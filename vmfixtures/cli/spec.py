@@ -33,6 +33,9 @@ def cmd_spec(args) -> int:
     features = timings.order(features, selection)
     workers = min(args.workers, len(features))
     behave_args = [f"--tags={t}" for t in args.tags] + [f"-D{d}" for d in args.define] + args.passthrough
+    backend = dict(d.split("=", 1) for d in args.define).get("backend")
+    if backend:  # as each run's before_all does, for the daemon started here too
+        os.environ["VMFIXTURES_BACKEND"] = backend
     started = None
     if os.environ.get("VMFIXTURES_DAEMON") != "off":
         client, started = ensure_daemon(extra_args=parallel.SPEC_DAEMON_ARGS)

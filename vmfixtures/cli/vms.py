@@ -15,8 +15,8 @@ from ..guest import commands
 from ..client import Client
 from ..spec import check_user, load_config
 from ..vmlist import describe_vms
-from .common import (add_config, add_json, daemon_client, named_vms, owner_pid, storage_dir, target_vms,
-                     vm_backend)
+from .common import (add_config, add_json, backend_name, daemon_client, named_vms, owner_pid, storage_dir,
+                     target_vms, vm_backend)
 
 
 def cmd_vm_create(args) -> int:
@@ -27,7 +27,7 @@ def cmd_vm_create(args) -> int:
         require_arch(spec)
     client = daemon_client()
     if client:
-        return _create_remote(client, storage_dir(args), specs)
+        return _create_remote(client, storage_dir(args), specs, backend_name(args))
     failed = None
     for result in vm_backend(args).create_many(specs, owner_pid()):
         if isinstance(result, errors.VmfError):
@@ -38,11 +38,13 @@ def cmd_vm_create(args) -> int:
     return failed.exit_code if failed else 0
 
 
-def _create_remote(client: Client, storage: Path, specs) -> int:
+def _create_remote(client: Client, storage: Path, specs, backend: str) -> int:
+    """Create through the daemon, on the backend this command chose: the daemon's own default is
+    its environment's, which need not be this command's."""
     lease = os.environ.get("VMFIXTURES_LEASE")
     def one(spec):
         try:
-            return spec.name, client.create(storage, spec.to_dict(), lease)
+            return spec.name, client.create(storage, spec.to_dict(), lease, backend)
         except errors.VmfError as exc:
             return spec.name, exc
     failed = None
