@@ -276,7 +276,8 @@ def after_step(context, step):
     """Under @observer.each-step: an observer pass after every step, its findings kept with the step."""
     scenario = context.scenario
     if EACH_STEP_TAG in scenario.effective_tags and context.client is not None and step.status != "skipped":
-        context.step_findings.append((step.name, context.client.observe()["findings"]))
+        findings = context.client.observe()["findings"]
+        context.step_findings.append((step.name, [f for f in findings if context.scope.concerns(f.get("path"))]))
 
 
 def after_scenario(context, scenario):
