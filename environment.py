@@ -139,7 +139,8 @@ def before_all(context):
     context.capabilities["kvm"] = capabilities.probe("kvm", accel.name)
     _report_environment(context, driver, accel)
     if _use_daemon():
-        _connect_daemon(context)
+        with parallel.between_scenarios():
+            _connect_daemon(context)
         context.heartbeat = Heartbeat(context.client, context.scope.id, LEASE_TTL / 3).start()
     else:
         _say("VMFIXTURES_DAEMON=off: VMs are booted by this process, without the warm pool")

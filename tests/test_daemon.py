@@ -87,3 +87,20 @@ def test_lease_ends_when_its_owner_dies(daemon):
     owner.wait()
     ended = daemon.wait_lease_end(lease["id"], 10)
     assert ended["state"] == "ended" and f"owner pid {owner.pid} died" in ended["end_reason"]
+
+
+def test_a_daemon_started_meanwhile_by_another_process_is_used(monkeypatch, tmp_path):
+    """Two runs finding no daemon at once both start one; the loser of that race uses the winner's
+    (in a parallel spec run, one run's start-up met another's scenario that had just restarted it)."""
+    from vmfixtures import client as client_mod
+    from vmfixtures.errors import VmfError
+
+    answers = iter([None, {"pid": 4242, "build": client_mod.build_id()}])
+    monkeypatch.setattr(client_mod.Client, "alive", lambda self: next(answers))
+
+    def lost_the_race(*args, **kwargs):
+        raise VmfError("the daemon exited during start-up: a vmfixtures daemon already runs (pid 4242)")
+
+    monkeypatch.setattr(client_mod, "start_daemon", lost_the_race)
+    client, started = client_mod.ensure_daemon(tmp_path / "daemon.sock")
+    assert started is None and client.socket_path == tmp_path / "daemon.sock"

@@ -206,5 +206,10 @@ def ensure_daemon(socket_path: Path | None = None, extra_args: list[str] | None 
         health = None
     if health:
         return client, None
-    info = start_daemon(client.socket_path, extra_args)
+    try:
+        info = start_daemon(client.socket_path, extra_args)
+    except errors.VmfError:
+        if client.alive():  # another process started one in the meantime: use that one
+            return client, None
+        raise
     return client, info

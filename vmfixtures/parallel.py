@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,13 @@ PART_ENV = "VMFIXTURES_SPEC_PART"  # which part of a parallel run a behave proce
 SPEC_DAEMON_ARGS = ["--observe-interval", "2"]
 SCENARIO_GUESS_S = 4.0  # a feature never timed: this much per scenario, for the order only
 SUMMARY = re.compile(r"^(\d+) scenarios? passed, (\d+) failed,(?: (\d+) error,)? (\d+) skipped", re.M)
+
+
+def between_scenarios():
+    """In a parallel run, a block that must not overlap an exclusive scenario (a run's start-up, which
+    connects to the daemon such a scenario may have killed for a moment); elsewhere, nothing."""
+    folder = os.environ.get(LOCK_ENV)
+    return ScenarioLock(Path(folder)).shared() if folder else nullcontext()
 
 
 class ScenarioLock:
@@ -59,6 +67,15 @@ class ScenarioLock:
         finally:
             os.close(turnstile)  # closing it releases it
         self._held = lock
+
+    @contextmanager
+    def shared(self):
+        """Held for the block, beside other scenarios but never during an exclusive one."""
+        self.acquire(exclusive=False)
+        try:
+            yield
+        finally:
+            self.release()
 
     def release(self) -> None:
         if self._held is not None:
