@@ -61,9 +61,10 @@ def cmd_spec(args) -> int:
     timings.save(features, selection)
     total = {k: sum(f.counts.get(k, 0) for f in features) for k in ("passed", "failed", "error", "skipped")}
     busy = sum(f.seconds for f in features)
+    failed = [str(f.path) for f in features if f.exit_code not in (0, None)]
     print(f"[spec] {total['passed']} scenarios passed, {total['failed'] + total['error']} failed, "
           f"{total['skipped']} skipped in {wall:.1f} s on {workers} workers ({busy:.1f} s of behave runs); "
-          f"exit {code}", flush=True)
+          + (f"{len(failed)} feature(s) failed: {', '.join(failed)}; " if failed else "") + f"exit {code}", flush=True)
     if args.json:
         args.json.write_text(json.dumps({
             "wall_seconds": round(wall, 1), "workers": workers, "exit_code": code, "totals": total,
