@@ -226,6 +226,34 @@ class LibvirtCheckpoints:
         if not stats.get("success", True):
             self._forget(new)
             raise _copy_failed(stats.get("errmsg") or "the backup job failed", target)
+        _wait_released(self.driver.process_id(self.name), target, timeout)
+
+
+def _wait_released(proc, path: Path, timeout: float) -> None:
+    """Wait until QEMU has closed the backup's target. libvirt reports the job completed before QEMU
+    has let go of the file, and the close still writes it (seen under load: a backup that had
+    returned changed size and time a moment later)."""
+    if proc is None:
+        return
+    target = str(Path(path).resolve())
+    folder = f"/proc/{proc.pid}/fd"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            held = [fd for fd in os.listdir(folder) if _readlink(f"{folder}/{fd}") == target]
+        except OSError:
+            return  # QEMU is gone: nothing holds the file
+        if not held:
+            return
+        time.sleep(0.01)
+    raise Timeout(f"QEMU (pid {proc.pid}) still holds {target} {timeout:.0f}s after the backup job completed")
+
+
+def _readlink(path: str) -> str | None:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return None
 
     def _forget(self, checkpoint: str) -> None:
         if checkpoint in self.list():
