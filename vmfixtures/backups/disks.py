@@ -229,6 +229,11 @@ class LibvirtCheckpoints:
         _wait_released(self.driver.process_id(self.name), target, timeout)
 
 
+    def _forget(self, checkpoint: str) -> None:
+        if checkpoint in self.list():
+            self.delete(checkpoint)
+
+
 def _wait_released(proc, path: Path, timeout: float) -> None:
     """Wait until QEMU has closed the backup's target. libvirt reports the job completed before QEMU
     has let go of the file, and the close still writes it (seen under load: a backup that had
@@ -254,10 +259,6 @@ def _readlink(path: str) -> str | None:
         return os.readlink(path)
     except OSError:
         return None
-
-    def _forget(self, checkpoint: str) -> None:
-        if checkpoint in self.list():
-            self.delete(checkpoint)
 
 
 def _visible_to(pid: int, folder: Path) -> bool:

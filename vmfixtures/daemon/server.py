@@ -7,6 +7,7 @@ Errors come back as ``{"error": message, "type": VmfError subclass}`` with a
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import faulthandler
 import fcntl
 import json
@@ -256,9 +257,18 @@ class Daemon:
             log.exception("pool refill failed")
 
     async def _reaper(self):
+        # A thread of its own: with every pool thread in a slow restore or boot (parallel runs on
+        # libvirt), a dead runner's lease waited more than its 5 s TTL for a turn.
+        own = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="reaper")
+        try:
+            await self._reap_until_stopped(own)
+        finally:
+            own.shutdown(wait=False)
+
+    async def _reap_until_stopped(self, executor):
         while not self.stopping.is_set():
             try:
-                reaped = await self._run(self.service.reap)
+                reaped = await asyncio.get_running_loop().run_in_executor(executor, self.service.reap)
                 for line in reaped:
                     log.info("reaped %s", line)
                 if reaped:
@@ -272,7 +282,7 @@ class Daemon:
 
     async def serve(self, ready_fd: int | None = None) -> None:
         loop = asyncio.get_running_loop()
-        loop.set_default_executor(__import__("concurrent.futures").futures.ThreadPoolExecutor(8))
+        loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(8))
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         reclaimed = await self._run(self.service.reconcile)
