@@ -115,3 +115,21 @@ def test_the_command_refuses_bad_input_in_one_line(argv, message):
     r = subprocess.run([sys.executable, "-m", "vmfixtures", "spec", *argv], capture_output=True, text=True,
                        cwd=Path(__file__).resolve().parent.parent)
     assert r.returncode == 2 and message in r.stderr and r.stderr.count("\n") == 1, r
+
+
+@pytest.mark.vm
+def test_a_finished_run_destroys_vms_kept_in_other_storages_of_its_folder(tmp_path):
+    """A scenario's second runner keeps its VMs in the project folder (a storage of its own). Removing
+    the run's folder from under them, before the daemon reaped them, left their QEMU running."""
+    from vmfixtures.backends import open_backend
+    from vmfixtures.procs import process_alive
+    from vmfixtures.spec import VMSpec
+
+    scope = RunScope(root=tmp_path / "spec-runs", backend="qemu")
+    scope.start()
+    nested = open_backend("qemu", scope.dir / "projects" / "two-runners" / "tmp1" / "vms")
+    nested.create(VMSpec("worker"))
+    pid = nested.process("worker").pid
+    assert not scope.finish(), "expected nothing left"
+    assert not process_alive(pid), f"QEMU pid {pid} of a VM in the run's folder outlived the run"
+    assert not scope.dir.exists()

@@ -96,14 +96,20 @@ class RunScope:
         return Path(path).is_relative_to(self.dir) or not Path(path).is_relative_to(self.root)
 
     def destroy_vms(self) -> Leftovers:
-        """Destroy every VM of this run; report anything that survived."""
+        """Destroy every VM of this run, those of other storages in its folder too (a scenario's second
+        runner keeps its VMs in the project folder, leased from the daemon under a lease of its own: the
+        run's folder must not be removed from under them before the daemon has reaped them); report
+        anything that survived."""
         RunScope._destroy_all(self.storage, quiet=self.quiet)
+        if self.dir.is_dir():
+            for storage in sorted({p.parent.parent for p in self.dir.rglob("vm.json")} - {self.storage}):
+                RunScope._destroy_all(storage, quiet=self.quiet)
         return self.leftovers()
 
     def leftovers(self) -> Leftovers:
-        procs = [p.pid for p in our_qemu_processes(self.storage)]
+        procs = [p.pid for p in our_qemu_processes(self.dir)]
         files = [str(p) for p in self.storage.rglob("*")] if self.storage.exists() else []
-        return Leftovers(procs, files + [str(d) for d in run_dirs_of(self.storage)], _domains_of(self.storage, self.backend))
+        return Leftovers(procs, files + [str(d) for d in run_dirs_of(self.dir)], _domains_of(self.storage, self.backend))
 
     def finish(self) -> Leftovers:
         """Destroy everything and remove the run's folder. Idempotent."""
