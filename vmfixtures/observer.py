@@ -57,10 +57,6 @@ class Finding:
     fix: str
     path: str = ""  # the VM folder or file it is about ("" if none): parallel runs each judge their own
 
-    def within(self, folder: Path) -> bool:
-        """The finding is about something under ``folder``; one with no path concerns every run."""
-        return not self.path or Path(self.path).is_relative_to(folder)
-
     @property
     def key(self) -> tuple[str, str]:
         return self.type, self.object

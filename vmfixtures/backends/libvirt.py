@@ -617,10 +617,6 @@ class LibvirtAgent(GuestAgent):
     def calls(self, commands: list[tuple[str, dict]], timeout: float = 10.0) -> list[object]:
         return [self.call(command, timeout, **arguments) for command, arguments in commands]
 
-    def ping(self, timeout: float = 10.0) -> None:
-        """libvirt holds the channel and resynchronises itself: one guest-ping through it."""
-        self.call("guest-ping", timeout)
-
     def call(self, command: str, timeout: float = 10.0, **arguments) -> object:
         import libvirt_qemu
 

@@ -346,7 +346,7 @@ class QemuBackend(Backend):
         try:
             net = Network(spec.network, run, name)
             net_args = net.qemu_args(net.start(meanwhile=lambda: relays.append(_start_agent_relay(run, vm_dir))))
-            relay = relays[0] if relays else _start_agent_relay(run, vm_dir)
+            relay = relays[0]
         except BaseException:
             for l in listeners.values():
                 l.close()
@@ -559,8 +559,7 @@ class QemuBackend(Backend):
         first answer is the proof; a stream that does not load ends QEMU, and ``Boot.abandon`` says why.
         An older snapshot's state says "paused": it is waited for and continued."""
         caps = ("migrate-set-capabilities", {"capabilities": self._migration_caps(name)})
-        fd = (self.run_info(name) or {}).get("incoming_fd")
-        incoming = ("migrate-incoming", {"uri": f"fd:{fd}" if fd is not None else f"exec:cat {shlex.quote(str(mem))}"})
+        incoming = ("migrate-incoming", {"uri": f"fd:{self.run_info(name)['incoming_fd']}"})
         if _resumes(mem):
             qmp_exchange((self.vm_dir(name) / "run").resolve() / "qmp.sock", [caps, incoming],
                          timeout=self.accel().scale(30), what=f"restore of '{name}'")

@@ -159,19 +159,6 @@ class GuestAgent:
         finally:
             self.close()
 
-    def ping(self, timeout: float = 10.0) -> None:
-        """The agent answers: one resynchronisation (the cheapest exchange a just-restored agent can
-        do: every command it runs for the first time in a new QEMU is translated afresh)."""
-        if self._sock:
-            return self.call("guest-ping", timeout)
-        with self.session(timeout):
-            try:
-                self._await_sync(time.monotonic() + timeout)
-            except (OSError, Timeout, GuestError) as exc:
-                self.close()
-                self._note("guest-sync-delimited", {}, f"{type(exc).__name__}: {exc}")
-                raise
-
     def call(self, command: str, timeout: float = 10.0, **arguments) -> object:
         """Run one agent command and return its ``return`` value."""
         return self.calls([(command, arguments)], timeout)[0]
@@ -280,14 +267,6 @@ class GuestAgent:
                     return bytes(data)
         finally:
             self.call("guest-file-close", timeout=timeout, handle=handle)
-
-    def read_small(self, path: str, size: int = 4096, timeout: float = 10.0) -> bytes:
-        """The first ``size`` bytes of a small file (a /proc value): its read and close in one round trip."""
-        with self.session(timeout), _shaped(f"reading {path}"):
-            handle = self.call("guest-file-open", timeout=timeout, path=path, mode="r")
-            chunk, _ = self.calls([("guest-file-read", {"handle": handle, "count": size}),
-                                   ("guest-file-close", {"handle": handle})], timeout)
-            return base64.b64decode(chunk["buf-b64"], validate=True)
 
     def write_file(self, path: str, data: bytes, timeout: float = 30.0) -> None:
         with self.session(timeout), _shaped(f"writing {path}"):
