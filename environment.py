@@ -38,7 +38,7 @@ from vmfixtures.files import read_tail
 from vmfixtures.client import Heartbeat, ensure_daemon
 from vmfixtures.conformance import Recorder, capability
 from vmfixtures.sut import PRODUCTS, Host, open_product
-from vmfixtures.procs import process_alive, wait_exit
+from vmfixtures.procs import process_alive
 from vmfixtures import parallel, paths
 from vmfixtures.report import evidence, results
 from vmfixtures.scope import RunScope
@@ -265,10 +265,9 @@ def before_scenario(context, scenario):
 def _take_scenario_lock(context, scenario):
     """In a parallel run (`vmfixtures spec`): an @exclusive scenario runs alone, the others side by side.
     Released when the scenario's cleanups are done, its lease's end included."""
-    folder = os.environ.get(parallel.LOCK_ENV)
-    if not folder:
+    lock = parallel.run_lock()
+    if lock is None:
         return
-    lock = parallel.ScenarioLock(Path(folder))
     lock.acquire(exclusive=parallel.EXCLUSIVE_TAG in scenario.effective_tags)
     context.add_cleanup(lock.release)
 
@@ -413,10 +412,9 @@ def _finish(context):
             if lease["run_id"] == context.scope.id:
                 client.end_lease(lease["id"])
         if context.started_daemon and os.environ.get("VMFIXTURES_KEEP_DAEMON") != "1":
-            health = client.alive()
-            client.shutdown()  # we started it, we stop it; its snapshots stay on disk for the next run
-            if health and not wait_exit(health["pid"], 60.0):
-                _say(f"the fixture daemon (pid {health['pid']}) did not stop within 60s")
+            pid, gone = client.stop(60.0)  # we started it, we stop it; its snapshots stay for the next run
+            if not gone:
+                _say(f"the fixture daemon (pid {pid}) did not stop within 60s")
             context.client = None
     return context.scope.finish()
 

@@ -77,10 +77,7 @@ def main() -> int:
             assert lease["state"] == "ended", f"daemon trial {i}: lease still active: {lease}"
             daemon_times.append(time.monotonic() - t)
     finally:
-        health = client.alive()
-        if health:
-            client.shutdown()
-            wait_exit(health["pid"], 60)
+        client.stop(60)
         scope.finish()
     left = leftovers(root, scope.storage)
     print(f"{args.trials} runner SIGKILLs: lease ended and VM destroyed in "

@@ -34,7 +34,6 @@ from bench.boot import pct, row  # noqa: E402
 from vmfixtures.client import Client, start_daemon  # noqa: E402
 from vmfixtures.backends import open_backend  # noqa: E402
 from vmfixtures.backends.qemu import our_qemu_processes  # noqa: E402
-from vmfixtures.procs import wait_exit  # noqa: E402
 from vmfixtures.spec import VMSpec  # noqa: E402
 
 TARGET_POOLED_MS = 10.0  # issue 15 (the first round's target was 100 ms)
@@ -79,10 +78,7 @@ def measure(kind: str, runs: int, root: Path) -> dict[str, list[float]]:
     try:
         return _measure(kind, runs, tmp, client)
     finally:
-        health = client.alive()
-        client.shutdown()
-        if health:
-            wait_exit(health["pid"], 60)
+        client.stop(60)
 
 
 def _measure(kind: str, runs: int, tmp: Path, client: Client) -> dict[str, list[float]]:

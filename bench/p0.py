@@ -118,7 +118,6 @@ def main() -> int:
     from vmfixtures import parallel, paths
     from vmfixtures.backends.qemu import QemuBackend
     from vmfixtures.client import ensure_daemon
-    from vmfixtures.procs import wait_exit
 
     log = paths.daemon_home() / "daemon.log"
     offset = log.stat().st_size if log.is_file() else 0
@@ -139,10 +138,7 @@ def main() -> int:
         t_behave = time.perf_counter() - t1
     finally:
         if started:  # leave the machine as it was: a daemon this bench started is stopped again
-            health = client.alive()
-            client.shutdown()
-            if health:
-                wait_exit(health["pid"], 60)
+            client.stop(60)
     wall = t_image + t_daemon + t_behave
 
     run = json.loads((out / "spec.json").read_text())

@@ -138,6 +138,15 @@ class Client:
     def shutdown(self) -> None:
         self.request("POST", "/v1/shutdown")
 
+    def stop(self, timeout: float = 60.0) -> tuple[int | None, bool]:
+        """Ask the running daemon to stop and wait for its process to exit: (its pid, or None when none
+        answered; whether it exited within ``timeout``)."""
+        health = self.alive()
+        if not health:
+            return None, True
+        self.shutdown()
+        return health["pid"], wait_exit(health["pid"], timeout)
+
 
 class Heartbeat:
     """Renews a run's leases every ``interval`` seconds from a daemon thread."""
@@ -200,9 +209,9 @@ def ensure_daemon(socket_path: Path | None = None, extra_args: list[str] | None 
             raise VmfError(f"the daemon on {client.socket_path} (pid {health['pid']}) runs another build of "
                            f"vmfixtures ({health.get('build', 'older')}; this is {build_id()}) and holds "
                            f"{health['leases']} lease(s) of other runs; stop it (`vmfixtures daemon stop`) when they end")
-        client.shutdown()  # idle, and would serve this run with other code: replace it
-        if not wait_exit(health["pid"], 60.0):
-            raise VmfError(f"the daemon of another build (pid {health['pid']}) did not stop within 60 s")
+        pid, gone = client.stop(60.0)  # idle, and would serve this run with other code: replace it
+        if not gone:
+            raise VmfError(f"the daemon of another build (pid {pid}) did not stop within 60 s")
         health = None
     if health:
         return client, None

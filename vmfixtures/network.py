@@ -99,10 +99,13 @@ class Network:
 
     def start(self, meanwhile=None) -> dict:
         """Start passt (and the firewall of a filtered VM); return the record kept in ``run/net.json``.
-        ``meanwhile`` runs once, while passt starts up (a launcher starts its other helpers then)."""
+        ``meanwhile`` runs once, while passt starts up, or at once without passt (a launcher starts its
+        other helpers then)."""
         record: dict = {"profile": self.spec.profile, "allow": list(self.spec.allow)}
         if self.spec.profile == "isolated":
             _write(self.run / RECORD, record)
+            if meanwhile:
+                meanwhile()
             return record
         passt = shutil.which("passt")
         if not passt:
@@ -126,8 +129,8 @@ class Network:
             record["ssh_port"] = port
             _write(self.run / RECORD, record)
             if meanwhile:
-                meanwhile, then = None, meanwhile
-                then()
+                meanwhile()
+                meanwhile = None  # once, not again for a retry
             if _listening(proc, port, self.run / SOCKET):
                 return record
             kill(psutil.Process(proc.pid) if proc.poll() is None else None)

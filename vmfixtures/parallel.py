@@ -27,6 +27,7 @@ from pathlib import Path
 
 from . import paths
 from .errors import ConfigError
+from .files import write_atomically
 
 EXCLUSIVE_TAG = "exclusive"
 LOCK_ENV = "VMFIXTURES_SPEC_LOCK"  # the lock folder of a parallel run, for environment.py
@@ -37,11 +38,17 @@ SCENARIO_GUESS_S = 4.0  # a feature never timed: this much per scenario, for the
 SUMMARY = re.compile(r"^(\d+) scenarios? passed, (\d+) failed,(?: (\d+) error,)? (\d+) skipped", re.M)
 
 
+def run_lock() -> ScenarioLock | None:
+    """The scenario lock of the parallel run this behave process is part of, or None outside one."""
+    folder = os.environ.get(LOCK_ENV)
+    return ScenarioLock(Path(folder)) if folder else None
+
+
 def between_scenarios():
     """In a parallel run, a block that must not overlap an exclusive scenario (a run's start-up, which
     connects to the daemon such a scenario may have killed for a moment); elsewhere, nothing."""
-    folder = os.environ.get(LOCK_ENV)
-    return ScenarioLock(Path(folder)).shared() if folder else nullcontext()
+    lock = run_lock()
+    return lock.shared() if lock else nullcontext()
 
 
 class ScenarioLock:
@@ -153,9 +160,7 @@ class Timings:
             if f.exit_code == 0:  # a failed or interrupted run's time says little about the next one
                 self.data[self.key(f, selection)] = round(f.seconds, 1)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=1, sort_keys=True) + "\n")
-        tmp.replace(self.path)
+        write_atomically(self.path, json.dumps(self.data, indent=1, sort_keys=True) + "\n")
 
 
 def counts(output: str) -> dict:

@@ -74,17 +74,14 @@ def cmd_daemon_uninstall(args) -> int:
 
 
 def cmd_daemon_stop(args) -> int:
-    from ..procs import wait_exit
-
     client = Client()
-    health = client.alive()
-    if not health:
+    pid, gone = client.stop(60.0)
+    if pid is None:
         print(f"no daemon running on {client.socket_path}")
         return 0
-    client.shutdown()
-    if not wait_exit(health["pid"], 60.0):
-        raise errors.Timeout(f"daemon pid {health['pid']} did not exit within 60s")
-    print(f"daemon pid {health['pid']} stopped")
+    if not gone:
+        raise errors.Timeout(f"daemon pid {pid} did not exit within 60s")
+    print(f"daemon pid {pid} stopped")
     return 0
 
 

@@ -17,7 +17,6 @@ DEFAULT_WORKERS = 4  # measured on 2 cores under TCG: scenarios mostly wait on g
 def cmd_spec(args) -> int:
     from .. import parallel
     from ..client import ensure_daemon
-    from ..procs import wait_exit
 
     if args.workers < 1:
         raise errors.ConfigError(f"--workers: {args.workers} must be at least 1")
@@ -53,10 +52,9 @@ def cmd_spec(args) -> int:
         for s, handler in previous.items():
             signal.signal(s, handler)
         if started and os.environ.get("VMFIXTURES_KEEP_DAEMON") != "1":
-            health = client.alive()
-            client.shutdown()  # started here, stopped here; its templates stay on disk for the next run
-            if health and not wait_exit(health["pid"], 60.0):
-                print(f"[spec] the fixture daemon (pid {health['pid']}) did not stop within 60 s", flush=True)
+            pid, gone = client.stop(60.0)  # started here, stopped here; its templates stay for the next run
+            if not gone:
+                print(f"[spec] the fixture daemon (pid {pid}) did not stop within 60 s", flush=True)
     wall = time.monotonic() - t0
     timings.save(features, selection)
     total = {k: sum(f.counts.get(k, 0) for f in features) for k in ("passed", "failed", "error", "skipped")}
