@@ -93,6 +93,32 @@ def test_observer_finds_and_removes_what_a_dead_vm_left(tmp_path, monkeypatch):
         network.drop_table(table)
 
 
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("nft"), reason="needs root and nft")
+def test_a_table_whose_group_still_runs_elsewhere_is_not_stray():
+    """Another installation on the host (its own state folder) runs a filtered VM: its passt is not
+    one of ours, but its table is in use and must not be reported (nor dropped by --fix)."""
+    import subprocess
+    import sys
+
+    from vmfixtures import network, observer
+
+    gid = network.GID_BASE + 4343
+    table = f"{network.TABLE_PREFIX}{gid}"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], group=gid)
+    network._nft(network._ruleset(table, gid, (443,)))
+    try:
+        assert table in network.our_tables()
+        objects = [f.object for f in observer._stray_network_helpers()]
+        assert f"nftables table {table}" not in objects, objects
+        holder.kill()
+        holder.wait()
+        objects = [f.object for f in observer._stray_network_helpers()]
+        assert f"nftables table {table}" in objects, "once no process has the group, the table is stray"
+    finally:
+        holder.kill()
+        network.drop_table(table)
+
+
 def test_observer_finds_and_kills_an_agent_relay_whose_vm_is_gone(tmp_path, monkeypatch):
     """An agent relay whose socket folder holds no running VM is reported, and --fix kills it
     (proven by the process table); one whose folder's QEMU runs is not reported."""

@@ -326,21 +326,29 @@ def _stray_network_helpers() -> list[Finding]:
     and firewall tables of filtered VMs whose passt is gone: what a VM killed behind our back leaves."""
     from .backends.qemu import runtime_root
 
-    findings, groups = [], set()
+    findings = []
     for proc, folder in network.our_passts(runtime_root()):
-        try:
-            groups.add(proc.gids().real)
-        except psutil.Error:
-            continue
         why = _outlived_vm(proc, folder, network.RECORD)
         if why:
             findings.append(Finding("stray-network-helper", f"passt pid {proc.pid}", f"serves {folder}, {why}",
                                     "kill it (`vmfixtures observe --fix`)", _served_vm(folder)))
-    for table in network.our_tables():
+    # Any process of the table's group counts, not only our passts: another installation's filtered VM
+    # (a second state folder on the same host) keeps its table while its passt runs.
+    groups = _process_groups() if (tables := network.our_tables()) else set()
+    for table in tables:
         if int(table.removeprefix(network.TABLE_PREFIX)) not in groups:
             findings.append(Finding("stray-firewall", f"nftables table {table}",
                                     "of a filtered VM whose passt is gone", "drop it (`vmfixtures observe --fix`)"))
     return findings
+
+
+def _process_groups() -> set[int]:
+    """The real gids of every process on the host."""
+    groups = set()
+    for proc in psutil.process_iter(["gids"]):
+        if proc.info["gids"]:
+            groups.add(proc.info["gids"].real)
+    return groups
 
 
 def _stray_agent_relays() -> list[Finding]:
