@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from vmfixtures.parallel import Feature, ScenarioLock, Timings, counts, select
+from vmfixtures.parallel import Feature, Timings, counts, select
 from vmfixtures.scope import RunScope
 
 HOLDER = textwrap.dedent("""

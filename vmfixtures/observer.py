@@ -37,7 +37,7 @@ from . import network
 from .files import read_json
 from .procs import ProcessId, kill
 from .backends import open_backend
-from .backends.qemu import orphan_qemus, orphan_run_dirs, our_relays, stop_run_dir_helpers
+from .backends.qemu import QemuBackend, orphan_qemus, orphan_run_dirs, our_relays, stop_run_dir_helpers
 from .backends.base import DISK_HOTPLUG
 from .disks import FOLDER as DISKS_FOLDER
 from .errors import VmfError
