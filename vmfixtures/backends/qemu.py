@@ -94,6 +94,7 @@ FRESHEN_PORT = "org.vmfixtures.freshen.0"  # the virtio-serial port the helper w
 FRESHEN_PIPE = "freshen"  # run/freshen.in and run/freshen.out: the host's end of that port
 FRESHEN_READY = "/run/vmfixtures/freshen.ready"  # the helper has opened its port
 FRESHEN_FAILED = "/run/vmfixtures/freshen.failed"  # it could not (what it said)
+DATA_BUS, DATA_BUS_SLOT = "vmfx-data", 0x1E  # the PCI bridge data disks are plugged into, and its slot
 
 
 @dataclass
@@ -415,7 +416,7 @@ class QemuBackend(Backend):
         fd = {s: listeners[s].fileno() for s in SOCKETS}
         freshen_pipe = (self.vm_dir(name) / "run").resolve() / FRESHEN_PIPE
         mib = spec.memory // 1024**2
-        machine = f"pc,accel={accel.name}"
+        machine = f"{accel_mod.MACHINE},accel={accel.name}"
         ram_args = []
         if ram:  # share=off: the clone's writes stay its own (copy-on-write); the template's go to the file
             machine += ",memory-backend=ram"
@@ -431,6 +432,8 @@ class QemuBackend(Backend):
                "-blockdev", "driver=file,filename=disk.qcow2,node-name=disk0-file",
                "-blockdev", "driver=qcow2,file=disk0-file,node-name=disk0",
                "-device", "virtio-blk-pci,drive=disk0,id=vda",
+               # q35's root bus takes no hot-plugged device: data disks sit on a bridge (ACPI hot-plug).
+               "-device", f"pci-bridge,id={DATA_BUS},chassis_nr=1,addr={DATA_BUS_SLOT:#x}",
                *net_args,
                "-device", "virtio-rng-pci",
                "-device", "virtio-serial-pci",
@@ -447,7 +450,8 @@ class QemuBackend(Backend):
         for disk in self.data_disks(name):
             cmd += ["-blockdev", f"driver=qcow2,node-name={disk.device_id},file.driver=file,"
                                  f"file.filename={_qemu_opt(str(disk.file))}",
-                    "-device", f"virtio-blk-pci,drive={disk.device_id},id={disk.device_id},addr={disk.slot:#x}"]
+                    "-device", f"virtio-blk-pci,drive={disk.device_id},id={disk.device_id},bus={DATA_BUS},"
+                               f"addr={disk.slot:#x}"]
         if accel.name == "kvm":
             cmd += ["-cpu", "host"]
         return cmd
@@ -469,7 +473,7 @@ class QemuBackend(Backend):
                                f"is gone; detach it (`vmfixtures disk detach {disk.name}`) to start the VM")
 
     def attach_disk(self, name: str, disk: DataDisk) -> None:
-        """QMP ``blockdev-add`` then ``device_add`` (virtio-blk-pci in the disk's slot); a failed
+        """QMP ``blockdev-add`` then ``device_add`` (virtio-blk-pci in the disk's slot of the data bridge); a failed
         ``device_add`` deletes the node again, so nothing half-attached is left."""
         with self._qmp(name) as qmp:
             _qmp_do(qmp, name, f"attach disk '{disk.name}'", "blockdev-add",
@@ -477,7 +481,7 @@ class QemuBackend(Backend):
                        "file": {"driver": "file", "filename": str(disk.file)}})
             try:
                 _qmp_do(qmp, name, f"attach disk '{disk.name}'", "device_add", driver="virtio-blk-pci",
-                        drive=disk.device_id, id=disk.device_id, addr=f"{disk.slot:#x}")
+                        drive=disk.device_id, id=disk.device_id, bus=DATA_BUS, addr=f"{disk.slot:#x}")
             except BaseException:
                 qmp.cmd("blockdev-del", **{"node-name": disk.device_id})
                 raise

@@ -56,8 +56,9 @@ def templates_wanted() -> bool:
 
 
 # What a snapshot's guest was set up with beyond its image and kernel arguments: bump when that changes
-# (3: the clone helper's own virtio-serial port), so that no daemon restores a template made the old way.
-GUEST_SETUP = 3
+# (3: the clone helper's own virtio-serial port; 4: the q35 machine with a bridge for data disks), so that
+# no daemon restores a template made the old way.
+GUEST_SETUP = 4
 
 
 def pool_key(spec: VMSpec, image_key: str, backend: str = "qemu", template: bool = False,
