@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from vmfixtures.daemon.pool import pool_key
+from vmfixtures.errors import Mismatch
 from vmfixtures.spec import VMSpec
 
 pytestmark = pytest.mark.vm
@@ -50,6 +51,18 @@ def test_clones_map_the_template_ram_privately_and_differ(driver, tmp_path):
     driver.save_vm_snapshot("c1", "s")
     m.succeed("rm /root/note")
     assert driver.restore_vm_snapshot("c1", "s").succeed("cat /root/note").strip() == "mine"
+
+    # A snapshot an earlier build saved on the pc machine is refused by name, and the VM runs on as it was.
+    info = driver.vm_dir("c1") / "snapshots" / "s" / "snapshot.json"
+    saved = json.loads(info.read_text())
+    assert saved["machine"].startswith("q35"), saved
+    del saved["machine"]
+    info.write_text(json.dumps(saved))
+    before = driver.process_id("c1")
+    with pytest.raises(Mismatch, match="saved on the machine 'pc'"):
+        driver.restore_vm_snapshot("c1", "s")
+    assert driver.process_id("c1") == before, "expected the VM left running, the same process"
+    assert driver.machine("c1").succeed("cat /root/note").strip() == "mine"
 
 
 def test_a_clone_whose_helper_is_gone_is_freshened_the_slow_way(driver, tmp_path):

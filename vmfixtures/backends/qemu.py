@@ -646,7 +646,8 @@ class QemuBackend(Backend):
             extra["ram"] = self.RAM_FILE
         _write_json(dest / "snapshot.json", {"spec": meta["spec"], "image": meta["image"],
                                              "image_dir": meta["image_dir"], "created_at": time.time(),
-                                             "freshen": FRESHEN_PORT if helper else None, RESUMES: resumes, **extra})
+                                             "freshen": FRESHEN_PORT if helper else None, RESUMES: resumes,
+                                             "machine": accel_mod.MACHINE, **extra})
         clear_run_dir(self.vm_dir(name))
         shutil.rmtree(self.vm_dir(name), ignore_errors=True)
         return dest
@@ -729,7 +730,7 @@ class QemuBackend(Backend):
                 finally:
                     qmp.cmd("cont")  # resume whatever happened: a failed snapshot must not leave it paused
             _write_json(partial / "snapshot.json", {"tag": tag, "vm": name, "created_at": time.time(), RESUMES: resumes,
-                                                    "spec": self._meta(name)["spec"],
+                                                    "machine": accel_mod.MACHINE, "spec": self._meta(name)["spec"],
                                                     "disks": self._meta(name).get("disks", [])})
             os.rename(partial, dest)
         except BaseException:
@@ -748,8 +749,15 @@ class QemuBackend(Backend):
         if not (snap / "snapshot.json").is_file():
             known = ", ".join(self.vm_snapshots(name)) or "none"
             raise NotFound(f"VM '{name}' has no snapshot '{tag}' (snapshots: {known})")
+        saved = json.loads((snap / "snapshot.json").read_text())
+        # Its memory image only loads into the machine it was saved on (before q35, builds saved none: pc).
+        machine = saved.get("machine", "pc")
+        if machine != accel_mod.MACHINE:
+            raise Mismatch(f"VM '{name}': snapshot '{tag}' was saved on the machine '{machine}' and this build "
+                           f"starts VMs on '{accel_mod.MACHINE}', so its memory cannot be loaded; the VM is "
+                           "unchanged (start it and save a new snapshot)")
         # The memory image expects the data disks it was saved with, in the same slots.
-        then = {(d["name"], d["slot"]) for d in json.loads((snap / "snapshot.json").read_text()).get("disks", [])}
+        then = {(d["name"], d["slot"]) for d in saved.get("disks", [])}
         now = {(d.name, d.slot) for d in self.data_disks(name)}
         if then != now:
             raise Mismatch(f"VM '{name}' had the data disks {sorted(n for n, _ in then) or 'none'} attached when "
