@@ -23,6 +23,7 @@ from .. import keys, paths
 from ..errors import MissingDependency, NotFound, PermissionDenied, VmfError
 from ..progress import Progress
 from ..sizes import parse_size
+from . import modsig
 from .kernel import write_vmlinux
 from .mirror import resolve_mirror
 from .recipe import Recipe
@@ -295,7 +296,13 @@ def _build_initramfs(recipe: Recipe, rootfs: Path, kver: str, work: Path) -> lis
     for applet in INITRAMFS_APPLETS:
         (tree / "bin" / applet).symlink_to("busybox")
     for mod in order:
-        shutil.copy2(modules_dir / mod, tree / "modules" / Path(mod).name)
+        data = (modules_dir / mod).read_bytes()
+        if recipe.unsigned_initramfs_modules:
+            try:
+                data = modsig.strip_signature(data)
+            except ValueError as e:
+                raise VmfError(f"{modules_dir / mod}: {e}") from None
+        (tree / "modules" / Path(mod).name).write_bytes(data)
     (tree / "modules.order").write_text("\n".join(Path(m).name for m in order) + "\n")
     (tree / "init").write_bytes(recipe.guest_file("initramfs-init"))
     os.chmod(tree / "init", 0o755)
