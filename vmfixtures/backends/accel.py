@@ -56,8 +56,11 @@ class Accel:
         boot, and TCG's CPU has no TSC-deadline timer that would skip it; the HPET ticks instead.
         (Under KVM the rate comes from the hypervisor and both stay.)
         And with the kernel's LOCK prefixes left in place on one vCPU (``noreplace-smp``): rewriting
-        its ~9,000 of them took 0.14 s of every boot under TCG; an SMP kernel runs with them anyway."""
-        tcg = " norandmaps nolapic_timer noreplace-smp" if self.name == "tcg" else ""
+        its ~9,000 of them took 0.14 s of every boot under TCG; an SMP kernel runs with them anyway.
+        And without zeroing every page it allocates (``init_on_alloc=0``; Debian's kernel zeroes by
+        default): a memset per page is emulated code under TCG (~0.1 s of a boot, more under load).
+        That too is hardening inside the guest, not at its boundary."""
+        tcg = " norandmaps nolapic_timer noreplace-smp init_on_alloc=0" if self.name == "tcg" else ""
         return KERNEL_ARGS + tcg + f" vmf.hostname={hostname}"
 
     def scale(self, base: float) -> float:
