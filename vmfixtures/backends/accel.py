@@ -37,6 +37,25 @@ KERNEL_ARGS = "console=ttyS0 root=/dev/vda rw quiet panic=-1 cryptomgr.notests"
 # tables compute in a 128-step AML loop (0.1-0.16 s per device under TCG, ~0.6 s of every boot); q35's
 # is a constant package. No SATA, SMBus or PS/2 controller: nothing here uses them, and each is probed.
 MACHINE = "q35,sata=off,smbus=off,i8042=off"
+# Under TCG every instruction of a boot is emulated, so these leave out work the tests never need.
+# Each costs the guest some hardening or tooling inside itself, never the host boundary; under KVM
+# the guest keeps all of it. Figures: alternated boots on this 2-core machine.
+TCG_KERNEL_ARGS = (
+    # TCG caches translated code by virtual address: with randomised mappings each process translated
+    # its libraries again (exec of /bin/true 25 -> 6 ms, perl 73 -> 17 ms).
+    "norandmaps",
+    # Linux measures the local APIC timer against the PIT for 100 ms, and TCG's CPU has no
+    # TSC-deadline timer that would skip it; the HPET ticks instead.
+    "nolapic_timer",
+    # On one vCPU the kernel rewrote its ~9,000 LOCK prefixes (0.14 s); an SMP kernel keeps them anyway.
+    "noreplace-smp",
+    # Debian's kernel zeroes every page it allocates: a memset per page, emulated (~0.1 s of a boot).
+    "init_on_alloc=0",
+    # The tracing file system (its thousands of event directories, kprobe and printk exports) and
+    # the CTR-KDF self-test: ~0.2 s of initcalls; nothing in a test guest traces its kernel.
+    "initcall_blacklist=tracer_init_tracefs,init_kprobe_trace,init_trace_printk_function_export,"
+    "crypto_kdf108_init",
+)
 
 
 @dataclass
@@ -48,19 +67,8 @@ class Accel:
     probe_seconds: float  # boot-to-probe-line with the chosen accelerator
 
     def kernel_args(self, hostname: str) -> str:
-        """The guest kernel's command line. Under TCG without address-space randomisation: TCG caches
-        translated code by virtual address, so a process whose libraries land elsewhere than the last
-        one's translates them all again (exec of /bin/true 25 ms -> 6 ms, perl 73 -> 17 ms here).
-        The guest only loses hardening against its own programs; the host boundary is unchanged.
-        And without the local APIC timer: Linux measures its rate against the PIT for 100 ms of every
-        boot, and TCG's CPU has no TSC-deadline timer that would skip it; the HPET ticks instead.
-        (Under KVM the rate comes from the hypervisor and both stay.)
-        And with the kernel's LOCK prefixes left in place on one vCPU (``noreplace-smp``): rewriting
-        its ~9,000 of them took 0.14 s of every boot under TCG; an SMP kernel runs with them anyway.
-        And without zeroing every page it allocates (``init_on_alloc=0``; Debian's kernel zeroes by
-        default): a memset per page is emulated code under TCG (~0.1 s of a boot, more under load).
-        That too is hardening inside the guest, not at its boundary."""
-        tcg = " norandmaps nolapic_timer noreplace-smp init_on_alloc=0" if self.name == "tcg" else ""
+        """The guest kernel's command line; under TCG with ``TCG_KERNEL_ARGS`` too."""
+        tcg = " " + " ".join(TCG_KERNEL_ARGS) if self.name == "tcg" else ""
         return KERNEL_ARGS + tcg + f" vmf.hostname={hostname}"
 
     def scale(self, base: float) -> float:
