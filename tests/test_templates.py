@@ -19,6 +19,31 @@ def test_a_template_is_another_kind_of_snapshot():
     assert pool_key(spec, "img") == pool_key(VMSpec("y"), "img")  # the name is not part of it
 
 
+# The guest kernel's base random-generator key, read from its own memory (/proc/kcore at the address
+# /proc/kallsyms gives base_crng). Only a reseed changes it, so unlike drawn numbers it cannot drift
+# apart between clones by itself: kernel threads drawing in a different order move only per-CPU keys.
+BASE_KEY = r"""
+import struct, sys
+addr = next((int(a, 16) for a, _, n in (l.split()[:3] for l in open("/proc/kallsyms")) if n == "base_crng"), 0)
+if not addr:
+    sys.exit("base_crng has no address in /proc/kallsyms")
+with open("/proc/kcore", "rb") as f:
+    head = f.read(64)
+    (phoff,) = struct.unpack_from("<Q", head, 0x20)
+    size, count = struct.unpack_from("<HH", head, 0x36)
+    f.seek(phoff)
+    table = f.read(size * count)
+    for i in range(count):
+        kind, _, offset, vaddr, _, _, memsz, _ = struct.unpack_from("<IIQQQQQQ", table, i * size)
+        if kind == 1 and vaddr <= addr < vaddr + memsz:
+            f.seek(offset + addr - vaddr)
+            print(f.read(32).hex())
+            break
+    else:
+        sys.exit("base_crng is in no segment of /proc/kcore")
+"""
+
+
 def _cmdline(pid: int) -> list[str]:
     return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
 
@@ -32,9 +57,12 @@ def test_clones_map_the_template_ram_privately_and_differ(driver, tmp_path):
     assert json.loads((snap / "snapshot.json").read_text())["ram"] == driver.RAM_FILE
     assert not driver.vm_dir("tmpl").exists(), "expected the template VM's folder gone with the snapshot"
 
-    seen = {}
+    seen, keys = {}, {}
     for name in ("c1", "c2"):
         m = driver.wait_restored(name, driver.create_from_snapshot(VMSpec(name), snap))
+        # First, while the key the template saved is still young: the guest kernel rekeys by itself on
+        # the first draw after about half its uptime, and then only the helper's reseed tells clones apart.
+        keys[name] = m.succeed(["python3", "-c", BASE_KEY]).strip()
         pid = driver.process(name).pid
         backend = next(a for a in _cmdline(pid) if a.startswith("memory-backend-file"))
         assert f"mem-path={ram.resolve()}" in backend and "share=off" in backend, backend
@@ -45,6 +73,7 @@ def test_clones_map_the_template_ram_privately_and_differ(driver, tmp_path):
         seen[name] = (m.succeed("hostname").strip(), m.succeed("head -c 16 /dev/urandom | od -An -tx1").strip())
     assert seen["c1"][0] == "c1" and seen["c2"][0] == "c2", seen
     assert seen["c1"][1] != seen["c2"][1], f"expected clones to draw different random numbers: {seen}"
+    assert len(keys["c1"]) == 64 and keys["c1"] != keys["c2"], f"expected each clone reseeded, keys: {keys}"
 
     m = driver.machine("c1")  # a clone's own snapshot (whole private RAM, same capabilities) restores
     m.succeed("echo mine > /root/note")
