@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import xml.etree.ElementTree as ET
 import os
 import shutil
 import signal
@@ -34,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -212,9 +212,11 @@ MUTANTS = [
            "status reports the cpus/memory/disk the config asks for instead of the VM's own",
            "vmfixtures/status.py",
            '        row = existing.get(name) or {"name": name, "state": "missing", "cpus": spec.cpus,\n'
-           '                                     "memory": format_size(spec.memory), "disk": format_size(spec.disk)}\n',
+           '                                     "memory": format_size(spec.memory), "disk": format_size(spec.disk),\n'
+           '                                     "network": spec.network.profile}\n',
            '        row = {**(existing.get(name) or {"name": name, "state": "missing"}), "cpus": spec.cpus,\n'
-           '               "memory": format_size(spec.memory), "disk": format_size(spec.disk)}\n',
+           '               "memory": format_size(spec.memory), "disk": format_size(spec.disk),\n'
+           '               "network": spec.network.profile}\n',
            _sel("connectivity.feature", "The status shows each VM with its mounts")),
     Mutant("cp-drops-mode",
            "cp into a VM leaves the copy with the guest's default mode instead of the source's",
@@ -245,7 +247,7 @@ MUTANTS = [
            "attaching a disk adds QEMU's block node but no device: recorded as attached, the guest never sees it",
            "vmfixtures/backends/qemu.py",
            "                _qmp_do(qmp, name, f\"attach disk '{disk.name}'\", \"device_add\", driver=\"virtio-blk-pci\",\n"
-           "                        drive=disk.device_id, id=disk.device_id, addr=f\"{disk.slot:#x}\")\n",
+           "                        drive=disk.device_id, id=disk.device_id, bus=DATA_BUS, addr=f\"{disk.slot:#x}\")\n",
            "                pass\n",
            _sel("disks.feature", "A disk attached to a running VM appears in its guest")),
     Mutant("disk-rm-while-attached",
