@@ -276,8 +276,11 @@ def after_step(context, step):
     """Under @observer.each-step: an observer pass after every step, its findings kept with the step."""
     scenario = context.scenario
     if EACH_STEP_TAG in scenario.effective_tags and context.client is not None and step.status != "skipped":
-        findings = context.client.observe()["findings"]
-        context.step_findings.append((step.name, [f for f in findings if context.scope.concerns(f.get("path"))]))
+        try:
+            findings = [f for f in context.client.observe()["findings"] if context.scope.concerns(f.get("path"))]
+        except VmfError as exc:  # kept with the step: the scenario's last check names it, step and all
+            findings = [{"type": "observer-pass-failed", "evidence": str(exc)}]
+        context.step_findings.append((step.name, findings))
 
 
 def after_scenario(context, scenario):

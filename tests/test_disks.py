@@ -162,6 +162,46 @@ def test_a_refused_device_add_deletes_its_block_node(tmp_path, monkeypatch):
     assert qmp.calls == ["blockdev-add", "device_add", "blockdev-del"]
 
 
+def _qmp_server_that_hangs_up(sock_path: Path, after: str):
+    """A QMP server on ``sock_path`` that greets, agrees to capabilities, then closes on ``after``."""
+    import socket
+    import threading
+
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(sock_path))
+    server.listen(1)
+
+    def serve():
+        conn, _ = server.accept()
+        with conn:
+            conn.sendall(b'{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": ""}, '
+                         b'"capabilities": []}}\n')
+            pending, decoder = "", json.JSONDecoder()
+            while chunk := conn.recv(4096):  # commands come without a separator
+                pending += chunk.decode()
+                while pending.strip():
+                    command, end = decoder.raw_decode(pending.lstrip())
+                    pending = pending.lstrip()[end:]
+                    if command["execute"] == after:
+                        return  # QEMU quit mid-exchange
+                    conn.sendall(json.dumps({"return": {}, "id": command.get("id")}).encode() + b"\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server
+
+
+def test_a_qemu_that_hangs_up_mid_query_is_a_guest_error(tmp_path, storage):
+    """The observer asks running VMs over QMP while others end: a VM ending then is a GuestError, which
+    the observer knows to skip, not qemu.qmp's own exception (which failed a whole observer pass)."""
+    (storage / "a" / "run").mkdir()
+    server = _qmp_server_that_hangs_up(storage / "a" / "run" / "qmp.sock", "query-block")
+    try:
+        with pytest.raises(GuestError, match="VM 'a': QEMU closed its QMP connection"):
+            QemuBackend(storage).block_devices("a")
+    finally:
+        server.close()
+
+
 def test_domain_xml_puts_each_disk_in_its_slot(tmp_path):
     d = DataDisk("data", Path("/st/.disks/da,ta.qcow2"), 0x12)
     xml = _disk_xml(d)

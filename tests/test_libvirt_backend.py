@@ -63,6 +63,16 @@ def test_lifecycle_is_visible_to_libvirt_and_leaves_nothing(lv):
     assert domain not in running_domains()
 
 
+def test_a_domain_destroyed_after_its_lookup_has_no_state(lv, monkeypatch):
+    """The observer looks a domain up, then asks its state; a destroy in between must read as
+    'no domain' (None), not fail the observer's whole pass."""
+    lv.create(VMSpec("web"))
+    stale = lv._domain("web")
+    lv.destroy("web")
+    monkeypatch.setattr(lv, "_domain", lambda name: stale)
+    assert lv.hypervisor_state("web") is None
+
+
 def test_clones_of_one_memory_snapshot_run_side_by_side(lv, tmp_path):
     lv.create(VMSpec("tmpl"))
     lv.machine("tmpl").succeed("echo from-template > /root/mark && sync")

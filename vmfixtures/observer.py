@@ -146,8 +146,12 @@ class Observer:
         for proc, cwd in orphan_qemus(storages, owned_pids):
             if str(Path(cwd).resolve()) in in_flight:
                 continue
+            try:
+                command = " ".join(proc.cmdline()[:3])
+            except psutil.Error:
+                continue  # it ended while we looked: nothing left to report
             findings.append(Finding("orphan-process", f"QEMU pid {proc.pid}",
-                                    f"runs in {cwd} with no ledger row: {' '.join(proc.cmdline()[:3])}",
+                                    f"runs in {cwd} with no ledger row: {command}",
                                     "kill it (`vmfixtures observe --fix`)", cwd))
         findings += self._orphan_files(storages, live_rows)
         if any(r["backend"] == "libvirt" for r in live_rows) or (self.home / "pool-libvirt").exists():
@@ -201,21 +205,15 @@ class Observer:
         data_disks = {d["path"] for d in self.ledger.data_disks()}
         findings = []
         for storage in storages:
-            root = Path(storage)
-            if not root.is_dir():
+            try:
+                entries = list(Path(storage).iterdir())
+            except (FileNotFoundError, NotADirectoryError):
                 continue
-            for entry in root.iterdir():
-                if entry.name == DISKS_FOLDER and entry.is_dir():  # the data disks: each file needs its row
-                    findings += [Finding("orphan-disk", str(f), f"data disk file in {entry} that no ledger row "
-                                         "owns", "remove it (`vmfixtures observe --fix`)", str(f))
-                                 for f in sorted(entry.glob("*.qcow2")) if str(f) not in data_disks]
-                    continue
-                if str(entry) not in owned_dirs:
-                    disks = [p.name for p in entry.rglob("*.qcow2")] if entry.is_dir() else []
-                    findings.append(Finding("orphan-disk", str(entry), f"{'folder' if entry.is_dir() else 'file'} "
-                                            f"in storage {storage} that no ledger row owns"
-                                            + (f" (holds {', '.join(disks)})" if disks else ""),
-                                            "remove it (`vmfixtures observe --fix`)", str(entry)))
+            for entry in entries:
+                try:
+                    findings += _orphans_at(entry, storage, owned_dirs, data_disks)
+                except FileNotFoundError:
+                    continue  # removed while we looked (a destroy in flight): nothing left to own
         return findings
 
     def run(self, fix: bool = False) -> Report:
@@ -300,6 +298,20 @@ class Observer:
 
 
 HELPER_GRACE = 30.0  # seconds a passt may run before its VM's QEMU shows up
+
+
+def _orphans_at(entry: Path, storage: str, owned_dirs: set[str], data_disks: set[str]) -> list[Finding]:
+    """Findings for one entry of a storage folder: a folder or file no row owns, or unowned data disks."""
+    if entry.name == DISKS_FOLDER and entry.is_dir():  # the data disks: each file needs its row
+        return [Finding("orphan-disk", str(f), f"data disk file in {entry} that no ledger row owns",
+                        "remove it (`vmfixtures observe --fix`)", str(f))
+                for f in sorted(entry.glob("*.qcow2")) if str(f) not in data_disks]
+    if str(entry) in owned_dirs:
+        return []
+    disks = [p.name for p in entry.rglob("*.qcow2")] if entry.is_dir() else []
+    return [Finding("orphan-disk", str(entry), f"{'folder' if entry.is_dir() else 'file'} in storage {storage} "
+                    "that no ledger row owns" + (f" (holds {', '.join(disks)})" if disks else ""),
+                    "remove it (`vmfixtures observe --fix`)", str(entry))]
 
 
 def _outlived_vm(proc: psutil.Process, folder: Path, record: str | None = None) -> str | None:

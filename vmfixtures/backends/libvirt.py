@@ -445,7 +445,12 @@ class LibvirtBackend(QemuBackend):
         if dom is None:
             return None
         libvirt = _libvirt()
-        state = dom.state()[0]
+        try:
+            state = dom.state()[0]
+        except libvirt.libvirtError as exc:  # undefined since it was looked up: destroyed meanwhile
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise
         return {libvirt.VIR_DOMAIN_RUNNING: "running", libvirt.VIR_DOMAIN_PAUSED: "paused",
                 libvirt.VIR_DOMAIN_SHUTDOWN: "shutting-down", libvirt.VIR_DOMAIN_SHUTOFF: "shutoff",
                 libvirt.VIR_DOMAIN_CRASHED: "crashed"}.get(state, f"state {state}")

@@ -528,6 +528,9 @@ class QemuBackend(Backend):
             raise GuestError(f"VM '{name}': cannot connect to QMP: {exc}") from None
         try:
             yield qmp
+        except (EOFError, ExecInterruptedError) as exc:  # QEMU hung up mid-exchange: it ended, or is ending
+            raise GuestError(f"VM '{name}': QEMU closed its QMP connection ({type(exc).__name__}: {exc}); "
+                             "it has ended or is ending") from None
         finally:
             try:
                 qmp.close()
@@ -941,10 +944,6 @@ def orphan_qemus(storages, known_pids) -> list[tuple[psutil.Process, str]]:
         if home:
             found.append((proc, home))
     return found
-
-
-
-
 
 
 # Mix host randomness into the guest's pool, then RNDRESEEDCRNG (_IO('R', 0x07)): the kernel rekeys its
