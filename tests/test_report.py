@@ -30,6 +30,19 @@ def test_progress_dots_survive_a_failed_cleanup(tmp_path):
     assert r.returncode == 1 and "Traceback" not in r.stderr + r.stdout and "C" in r.stdout, r.stdout + r.stderr
 
 
+def test_progress_says_why_each_scenario_failed(tmp_path):
+    """The dots alone told CI nothing: each failed scenario's step and error follow its feature's line."""
+    out = run_fixture(tmp_path, "vmfixtures.report.progress:Progress").stdout
+    for expected in ("ERROR: features/other.feature:9  A check after a step fails",
+                     # behave itself drops this message: the formatter finds it in the stored exception
+                     "in step: Given a check that passes (hook_error)\n"
+                     "    RuntimeError: the observer pass after this step failed",
+                     "FAILED: features/report.feature:10  A product check fails",
+                     "ASSERT FAILED: expected the product to answer yes, it said no",
+                     "RuntimeError: the VM did not boot within 60s"):
+        assert expected in out, f"expected {expected!r} in the progress output:\n{out}"
+
+
 @pytest.fixture(scope="module")
 def fixture_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("allure-results")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .. import errors
 
+PROGRESS = "vmfixtures.report.progress:Progress"
 DEFAULT_WORKERS = 4  # measured on 2 cores under TCG: scenarios mostly wait on guests (bench/p0.py)
 
 
@@ -32,6 +33,8 @@ def cmd_spec(args) -> int:
     features = timings.order(features, selection)
     workers = min(args.workers, len(features))
     behave_args = [f"--tags={t}" for t in args.tags] + [f"-D{d}" for d in args.define] + args.passthrough
+    if not any(a in ("-f", "--format") or a.startswith(("-f", "--format=")) for a in args.passthrough):
+        behave_args += ["-f", PROGRESS]  # a failed feature's output then says which step failed, and why
     backend = dict(d.split("=", 1) for d in args.define).get("backend")
     if backend:  # as each run's before_all does, for the daemon started here too
         os.environ["VMFIXTURES_BACKEND"] = backend
@@ -82,7 +85,8 @@ def register(sub) -> None:
                     "stopped at the end). Scenarios tagged @exclusive run alone. Each feature's result is one "
                     "line as it ends; a failed feature's whole output follows it. Exit 0 when every feature "
                     "passed, 1 when one failed, or the code of a run that could not start (2: bad arguments).",
-        epilog="BEHAVE_ARGS after -- go to every behave run as they are (formatters, --junit-directory, ...).\n"
+        epilog="BEHAVE_ARGS after -- go to every behave run as they are (formatters, --junit-directory, ...);\n"
+               f"without a -f there, each run prints {PROGRESS}: dots, then each failed scenario's step and error.\n"
                "example: vmfixtures spec --tags=@p0\n"
                "         vmfixtures spec -D backend=libvirt --tags=@p0 -- --junit-directory reports/junit-libvirt\n"
                "In arguments after --, {feature} becomes each feature's name (for example -o out/{feature}.json).")
