@@ -173,9 +173,12 @@ def main() -> int:
                   f"{got['restored_private'][0] / mib:.0f} MiB, whole-RAM stream {got['plain_private'][0] / mib:.0f} MiB")
         ok = [pct(pooled, 50) * 1000 <= TARGET_POOLED_MS, pct(restored, 50) <= TARGET_RESTORE_S,
               pct(got["private"], 50) / mib <= TARGET_PRIVATE_MIB]
-        print(f"  targets: pooled p50 <= {TARGET_POOLED_MS:.0f}ms {'MET' if ok[0] else 'MISSED'}; "
-              f"restore p50 <= {TARGET_RESTORE_S * 1000:.0f}ms {'MET' if ok[1] else 'MISSED'}; "
-              f"idle pooled VM private <= {TARGET_PRIVATE_MIB:.0f} MiB {'MET' if ok[2] else 'MISSED'}")
+        print(f"  targets: pooled p50 <= {TARGET_POOLED_MS:.0f}ms {'MET' if ok[0] else 'MISSED'} "
+              f"({pct(pooled, 50) * 1000:.1f}ms); "
+              f"restore p50 <= {TARGET_RESTORE_S * 1000:.0f}ms {'MET' if ok[1] else 'MISSED'} "
+              f"({pct(restored, 50) * 1000:.0f}ms); "
+              f"idle pooled VM private <= {TARGET_PRIVATE_MIB:.0f} MiB {'MET' if ok[2] else 'MISSED'} "
+              f"({pct(got['private'], 50) / mib:.0f} MiB)")
     if "libvirt" in results:
         q, lv = results["qemu"], results["libvirt"]
         print(f"libvirt / qemu (p50): pooled lease x{pct(lv['pooled'], 50) / pct(q['pooled'], 50):.2f}, "

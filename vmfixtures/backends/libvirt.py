@@ -501,12 +501,6 @@ class LibvirtBackend(QemuBackend):
         _drop_log(meta)
         return proof
 
-    def _meta_or_none(self, name: str) -> dict | None:
-        try:
-            return self._meta(name)
-        except (NotFound, ValueError):
-            return None
-
     def _agent(self, name: str, meta: dict) -> GuestAgent:
         return LibvirtAgent(self, meta["domain"])
 

@@ -169,6 +169,13 @@ class QemuBackend(Backend):
             raise NotFound(f"no VM named '{name}' in {self.storage} (see `vmfixtures vm list`)")
         return json.loads(path.read_text())
 
+    def _meta_or_none(self, name: str) -> dict | None:
+        """The VM's record, or None when it has none (gone, or a half-written one)."""
+        try:
+            return self._meta(name)
+        except (NotFound, ValueError):
+            return None
+
     def spec(self, name: str) -> VMSpec:
         return VMSpec.from_dict(self._meta(name)["spec"])
 

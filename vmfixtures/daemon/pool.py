@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,8 +76,50 @@ def pool_key(spec: VMSpec, image_key: str, backend: str = "qemu", template: bool
     return hashlib.sha256(body.encode()).hexdigest()[:12]
 
 
+USED = "used"  # a file in each snapshot folder; its mtime is when a lease last asked for that spec
+KEEP_SNAPSHOTS = 12  # at start-up, the most recently wanted snapshots kept (~95 MiB each on disk)
+SNAPSHOT_MAX_AGE_S = 7 * 86400  # ... and none that no lease asked for in this long
+
+
+def next_refill(idle: list[dict], wanted: dict[str, float], idle_per_spec: int,
+                max_idle: int) -> tuple[str | None, dict | None]:
+    """What a refill does next: (the key to restore an idle VM for, or None when the pool is as it
+    should be; an idle VM to destroy first to make room, or None).
+
+    The most recently wanted specs come first. A full pool makes room only by evicting an idle VM
+    of a spec wanted less recently: idle VMs of specs nobody asks for any more (a spec with another
+    port, an earlier run's) must not hold every place for good."""
+    for key in sorted(wanted, key=lambda k: -wanted[k]):
+        if sum(1 for v in idle if v["pool_key"] == key) >= idle_per_spec:
+            continue
+        if len(idle) < max_idle:
+            return key, None
+        victims = [v for v in idle if wanted.get(v["pool_key"], 0.0) < wanted[key]]
+        if not victims:
+            return None, None
+        return key, min(victims, key=lambda v: (wanted.get(v["pool_key"], 0.0), -v["id"]))
+    return None, None
+
+
+def snapshots_to_forget(used: dict[str, float], in_use: set[str], now: float,
+                        keep: int = KEEP_SNAPSHOTS, max_age: float = SNAPSHOT_MAX_AGE_S) -> dict[str, str]:
+    """Snapshot keys to remove at start-up, each with why: beyond the ``keep`` most recently wanted,
+    or not wanted for ``max_age`` seconds. A snapshot a live VM still uses (its disk backs that
+    VM's overlay) is kept whatever its age."""
+    gone = {}
+    for rank, key in enumerate(sorted(used, key=lambda k: -used[k])):
+        if key in in_use:
+            continue
+        if now - used[key] > max_age:
+            gone[key] = f"not wanted for {(now - used[key]) / 86400:.0f} days"
+        elif rank >= keep:
+            gone[key] = f"beyond the {keep} most recently wanted"
+    return gone
+
+
 class Pool:
-    """Snapshots and idle restored VMs under ``home``; ``idle_per_spec`` kept ready per spec."""
+    """Snapshots and idle restored VMs under ``home``; ``idle_per_spec`` kept ready per spec, for the
+    specs leases asked for most recently, at most ``max_idle`` in all."""
 
     def __init__(self, home: Path, ledger: Ledger, idle_per_spec: int = 1, max_idle: int = 2, quiet: bool = True,
                  templates: bool | None = None):
@@ -95,6 +138,7 @@ class Pool:
         self._snap_locks: dict[str, threading.Lock] = {}
         self._counter = 0
         self.specs: dict[str, tuple[VMSpec, str]] = {}  # specs (and backends) seen, so refills know what to restore
+        self.wanted: dict[str, float] = {}  # pool key -> when a lease last asked for it (refills serve the newest)
 
     def _folder(self, kind: str) -> Path:
         return self.home / ("pool" if kind == "qemu" else f"pool-{kind}")
@@ -212,18 +256,34 @@ class Pool:
 
     def _refill(self) -> int:
         made = 0
-        for key, (spec, kind) in list(self.specs.items()):
-            while not self.closed:
-                idle = self.ledger.live_vms(state="pooled")
-                if len(idle) >= self.max_idle or sum(1 for v in idle if v["pool_key"] == key) >= self.idle_per_spec:
-                    break
-                with self._lock:
-                    self._counter += 1
-                    name = f"p{os.getpid() % 1000}-{key[:8]}-{self._counter}"
-                pooled = dataclasses.replace(spec, name=name)  # all of the spec: the network is hardware too
-                self.restore(self.backend(kind), pooled, None, None, "pooled", key)
-                made += 1
+        while not self.closed:
+            with self._lock:  # take() claims idle VMs under it: a victim is never one being handed off
+                key, victim = next_refill(self.ledger.live_vms(state="pooled"), dict(self.wanted),
+                                          self.idle_per_spec, self.max_idle)
+                if victim is not None:
+                    self.ledger.update_vm(victim["id"], state="destroying")
+            if key is None:
+                return made
+            if victim is not None:
+                self._destroy_idle(victim)
+            spec, kind = self.specs[key]
+            with self._lock:
+                self._counter += 1
+                name = f"p{os.getpid() % 1000}-{key[:8]}-{self._counter}"
+            pooled = dataclasses.replace(spec, name=name)  # all of the spec: the network is hardware too
+            self.restore(self.backend(kind), pooled, None, None, "pooled", key)
+            made += 1
         return made
+
+    def _want(self, key: str) -> None:
+        """A lease asked for ``key``'s spec now: refills serve it before specs asked for earlier, and its
+        snapshot counts as used at the next start-up."""
+        self.wanted[key] = time.time()
+        try:
+            os.utime(self.snapshots / key / USED)
+        except FileNotFoundError:  # no snapshot yet (it is made next), or one made before this stamp
+            if (self.snapshots / key / "snapshot.json").is_file():
+                (self.snapshots / key / USED).touch()
 
     def take(self, spec: VMSpec, storage: Path, lease_id: str | None, owner_pid: int | None,
              kind: str = "qemu") -> Placed | None:
@@ -232,6 +292,7 @@ class Pool:
             return None
         key = self.key(spec, kind)
         self.specs.setdefault(key, (spec, kind))
+        self._want(key)
         with self._lock:
             idle = [v for v in self.ledger.live_vms(state="pooled") if v["pool_key"] == key]
             if not idle:
@@ -268,12 +329,16 @@ class Pool:
         gone = []
         for row in self.ledger.live_vms(state="pooled"):
             self.ledger.update_vm(row["id"], state="destroying")
-            driver = self.backend(row["backend"])
-            if driver.state(row["name"]).value != "missing":
-                driver.destroy(row["name"])
-            self.ledger.vm_destroyed(row["id"])
+            self._destroy_idle(row)
             gone.append(row["name"])
         return gone
+
+    def _destroy_idle(self, row: dict) -> None:
+        """Destroy an idle VM already marked ``destroying`` in the ledger."""
+        driver = self.backend(row["backend"])
+        if driver.state(row["name"]).value != "missing":
+            driver.destroy(row["name"])
+        self.ledger.vm_destroyed(row["id"])
 
     def load_snapshots(self) -> list[str]:
         """At start-up: forget half-made and stale snapshots (another image), remember the specs of the rest
@@ -299,7 +364,26 @@ class Pool:
                 gone.append(f"stale snapshot {d} (image {snap['image']}, now {image_key})")
                 continue
             self.specs.setdefault(d.name, (spec, kind))
+            stamp = d / USED
+            self.wanted.setdefault(d.name, stamp.stat().st_mtime if stamp.exists() else snap.get("created_at", 0.0))
+        forget = snapshots_to_forget({k: self.wanted[k] for k in self.specs}, self._snapshots_in_use(), time.time())
+        for key, why in forget.items():
+            d = self.snapshots / key
+            shutil.rmtree(d, ignore_errors=True)
+            self.ledger.remove_disk_path(str(d / "disk.qcow2"))
+            self.specs.pop(key, None)
+            self.wanted.pop(key, None)
+            gone.append(f"unused snapshot {d} ({why})")
         return gone
+
+    def _snapshots_in_use(self) -> set[str]:
+        """Keys of the snapshots live VMs were restored from (each one's disk backs that VM's overlay)."""
+        used = set()
+        for row in self.ledger.live_vms():
+            meta = open_backend(row["backend"] or "qemu", Path(row["storage"]), quiet=True)._meta_or_none(row["name"])
+            if meta and meta.get("snapshot") and Path(meta["snapshot"]).parent == self.snapshots:
+                used.add(Path(meta["snapshot"]).name)
+        return used
 
 
 def _write_backend(snapshot: Path, kind: str) -> None:
