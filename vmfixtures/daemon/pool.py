@@ -77,7 +77,8 @@ def pool_key(spec: VMSpec, image_key: str, backend: str = "qemu", template: bool
 
 
 USED = "used"  # a file in each snapshot folder; its mtime is when a lease last asked for that spec
-KEEP_SNAPSHOTS = 12  # at start-up, the most recently wanted snapshots kept (~95 MiB each on disk)
+KEEP_SNAPSHOTS = 16  # at start-up, the most recently wanted snapshots kept (~95 MiB each on disk): a
+# whole run on both backends wants about ten specs, and a few more of one run only (a random allowed port)
 SNAPSHOT_MAX_AGE_S = 7 * 86400  # ... and none that no lease asked for in this long
 
 
