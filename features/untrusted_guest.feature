@@ -3,10 +3,11 @@ Feature: The guest is untrusted
   A coding agent works as root inside its VM, and the VM is there precisely
   because that agent may be careless, tricked or hostile. Whatever it does in
   there, it must not read or change the user's other files, open the user's
-  machine to the network, exhaust the host's memory or disk, slow down or spy
-  on other VMs, find what an earlier tenant of a pooled VM left, or reach the
-  host's own control channels. Each scenario carries out the attack from
-  inside the guest, as root, and judges the outcome on the host.
+  machine to the network, spy on other VMs, find what an earlier tenant of a
+  pooled VM left, or reach the host's own control channels. Each scenario
+  carries out the attack from inside the guest, as root, and judges the
+  outcome on the host. (What a hostile guest may cost the host is the next
+  feature: hostile_guest.feature.)
 
   Background:
     Given a project whose config declares the VMs:
@@ -40,41 +41,6 @@ Feature: The guest is untrusted
     And the config forwards host address 127.0.0.2 port 18481 to port 8000 of "sandbox"
     When the operator starts port forwarding
     Then everything the host listens on for "sandbox" is on 127.0.0.1, but port 18481 on 127.0.0.2 as the config names it
-
-  Scenario: A guest that floods its console costs the host bounded memory
-    Given the VM "sandbox" is running
-    And the operator has printed the console of "sandbox" while it was quiet
-    And the guest of "sandbox" has flooded its console with 6 MiB, and goes on
-    When the operator prints the console of "sandbox"
-    Then printing the flooded console took no more memory than printing the quiet one, give or take 3 MiB
-    And the guest of "sandbox" answers a command
-
-  Scenario Outline: A guest that answers its agent channel with <garbage> gets a clear error, at a bounded cost to the host
-    Given the VM "sandbox" is running
-    And the operator has run "uname" in "sandbox" while its agent was sound
-    And the guest of "sandbox" answers its agent channel with <garbage>
-    When the operator runs "uname" in "sandbox"
-    Then the command fails with a clear error within 60 seconds, using at most 48 MiB more memory than before
-    And the harness, asking the guest of "sandbox" itself, gets a clear error and keeps its memory within 48 MiB
-
-    Examples:
-      | garbage                    |
-      | endless bytes              |
-      | broken JSON                |
-      | answers of the wrong shape |
-
-  Scenario: A guest that writes its disk to the end and beyond stays within the disk its config declares
-    Given the VMs "sandbox" and "neighbour" are running
-    When the guest of "sandbox" writes its disk to the end and beyond
-    Then the guest of "sandbox" was told that its disk is full
-    And the disk file of "sandbox" on the host can hold no more than the 2G its config declares
-    And the guest of "neighbour" answers a command
-
-  Scenario: A guest that forks without end harms neither the host nor other VMs
-    Given the VMs "sandbox" and "neighbour" are running
-    When the guest of "sandbox" forks without end
-    Then the VM "sandbox" uses no more of the host's processors than its 1 cpu
-    And the guest of "neighbour" answers a command
 
   @requires.daemon
   Scenario: A VM from the warm pool carries nothing from its previous tenant
