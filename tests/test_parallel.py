@@ -133,3 +133,11 @@ def test_a_finished_run_destroys_vms_kept_in_other_storages_of_its_folder(tmp_pa
     assert not scope.finish(), "expected nothing left"
     assert not process_alive(pid), f"QEMU pid {pid} of a VM in the run's folder outlived the run"
     assert not scope.dir.exists()
+
+
+def test_each_run_prints_reasons_unless_a_formatter_is_given():
+    from vmfixtures.cli.spec import PROGRESS, worker_args
+
+    assert worker_args(["@p0"], ["backend=qemu"], []) == ["--tags=@p0", "-Dbackend=qemu", "-f", PROGRESS]
+    for given in (["-f", "plain"], ["--format=json", "-o", "x.json"], ["-fplain"]):
+        assert PROGRESS not in worker_args([], [], given), given

@@ -15,6 +15,16 @@ PROGRESS = "vmfixtures.report.progress:Progress"
 DEFAULT_WORKERS = 4  # measured on 2 cores under TCG: scenarios mostly wait on guests (bench/p0.py)
 
 
+def worker_args(tags: list[str], define: list[str], passthrough: list[str]) -> list[str]:
+    """Each behave run's arguments: the selection, the settings, what followed ``--``, and our progress
+    formatter unless a formatter was given there (a failed feature's output then says which step
+    failed, and why)."""
+    args = [f"--tags={t}" for t in tags] + [f"-D{d}" for d in define] + passthrough
+    if not any(a in ("-f", "--format") or a.startswith(("-f", "--format=")) for a in passthrough):
+        args += ["-f", PROGRESS]
+    return args
+
+
 def cmd_spec(args) -> int:
     from .. import parallel
     from ..client import ensure_daemon
@@ -32,9 +42,7 @@ def cmd_spec(args) -> int:
     timings = parallel.Timings()
     features = timings.order(features, selection)
     workers = min(args.workers, len(features))
-    behave_args = [f"--tags={t}" for t in args.tags] + [f"-D{d}" for d in args.define] + args.passthrough
-    if not any(a in ("-f", "--format") or a.startswith(("-f", "--format=")) for a in args.passthrough):
-        behave_args += ["-f", PROGRESS]  # a failed feature's output then says which step failed, and why
+    behave_args = worker_args(args.tags, args.define, args.passthrough)
     backend = dict(d.split("=", 1) for d in args.define).get("backend")
     if backend:  # as each run's before_all does, for the daemon started here too
         os.environ["VMFIXTURES_BACKEND"] = backend
