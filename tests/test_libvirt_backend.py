@@ -71,6 +71,7 @@ def test_a_domain_destroyed_after_its_lookup_has_no_state(lv, monkeypatch):
     lv.destroy("web")
     monkeypatch.setattr(lv, "_domain", lambda name: stale)
     assert lv.hypervisor_state("web") is None
+    assert lv.block_devices("web") == {}  # what the observer asks next: none, not libvirt's error
 
 
 def test_clones_of_one_memory_snapshot_run_side_by_side(lv, tmp_path):

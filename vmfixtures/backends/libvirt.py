@@ -168,6 +168,11 @@ def _why(exc) -> str:
     return (exc.get_error_message() or str(exc)).strip().splitlines()[0]
 
 
+def _no_domain(exc) -> bool:
+    """The libvirt error says the domain is gone: it was destroyed after its handle was looked up."""
+    return exc.get_error_code() == _libvirt().VIR_ERR_NO_DOMAIN
+
+
 def our_domains() -> list[tuple[str, str | None, str | None]]:
     """(domain, storage, VM name) of every running domain carrying the project's prefix."""
     conn = connection()
@@ -428,10 +433,16 @@ class LibvirtBackend(QemuBackend):
     def block_devices(self, name: str) -> dict[str, str]:
         """The live domain XML's disks but the system disk (target vda): alias -> source file."""
         dom = self._domain(name)
-        if dom is None:
+        try:
+            xml = dom.XMLDesc(0) if dom is not None else None
+        except _libvirt().libvirtError as exc:
+            if not _no_domain(exc):
+                raise
+            xml = None  # destroyed since it was looked up (the pool evicting an idle VM, a lease ending)
+        if xml is None:
             return {}
         found = {}
-        for d in ET.fromstring(dom.XMLDesc(0)).findall("./devices/disk"):
+        for d in ET.fromstring(xml).findall("./devices/disk"):
             target, source, alias = d.find("target"), d.find("source"), d.find("alias")
             if target is not None and target.get("dev") == "vda":
                 continue
@@ -447,8 +458,8 @@ class LibvirtBackend(QemuBackend):
         libvirt = _libvirt()
         try:
             state = dom.state()[0]
-        except libvirt.libvirtError as exc:  # undefined since it was looked up: destroyed meanwhile
-            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+        except libvirt.libvirtError as exc:
+            if _no_domain(exc):  # destroyed since it was looked up
                 return None
             raise
         return {libvirt.VIR_DOMAIN_RUNNING: "running", libvirt.VIR_DOMAIN_PAUSED: "paused",
