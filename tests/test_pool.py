@@ -4,6 +4,8 @@ The planning functions alone, then one daemon service on real QEMU whose only pl
 moves to the spec leases ask for now."""
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -87,6 +89,49 @@ def test_the_only_idle_place_moves_to_the_spec_asked_for_now(tmp_path, monkeypat
         assert len(now_pids) == 1 and not now_pids & first_pid, \
             f"expected isolated's idle QEMU {first_pid} gone and one new one; found {now_pids}"
         assert svc.create(storage, nat, lease)["source"] == "pool"
+    finally:
+        svc.pool.close()
+        svc.end_lease(lease)
+        svc.ledger.close()
+
+
+def test_a_snapshot_key_leaves_out_the_allowed_ports_and_an_idle_key_keeps_them():
+    from vmfixtures.daemon.pool import pool_key
+    from vmfixtures.network import NetworkSpec
+    from vmfixtures.spec import VMSpec
+
+    web, ssh = VMSpec("a", network=NetworkSpec("filtered", (443,))), VMSpec("a", network=NetworkSpec("filtered", (22,)))
+    assert pool_key(web, "img") == pool_key(ssh, "img")  # the firewall rules are the host's, made per launch
+    assert pool_key(web, "img") != pool_key(VMSpec("a", network=NetworkSpec("isolated")), "img")
+
+
+@pytest.mark.vm
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("nft"), reason="a filtered network's rules need root and nft")
+def test_one_snapshot_serves_every_allow_list_and_an_idle_vm_only_its_own(tmp_path, monkeypatch):
+    """A lease of another allow-list restores from the same snapshot (no template boot, no new snapshot) and
+    never gets the idle VM made for the first list; its firewall table (read with nft) allows its own port."""
+    from vmfixtures import network
+    from vmfixtures.daemon.service import FixtureService
+
+    monkeypatch.setenv("VMFIXTURES_STATE_DIR", str(tmp_path / "state"))
+    home = tmp_path / "state" / "daemon"
+    svc = FixtureService(home, idle_per_spec=1, max_idle=1)
+    storage = tmp_path / "vms"
+    lease = svc.open_lease(os.getpid(), None, "run", None, None)["id"]
+    first = {"name": "a", "network": {"profile": "filtered", "allow": [18443]}}
+    other = {"name": "b", "network": {"profile": "filtered", "allow": [18444]}}
+    try:
+        svc.create(str(storage), first, lease)
+        svc.destroy(str(storage), "a")
+        svc.pool.refill()  # one idle VM, with the first list's rules
+        snapshots = sorted(p.name for p in (home / "snapshots").iterdir())
+        assert svc.create(str(storage), other, lease)["source"] == "template"
+        assert sorted(p.name for p in (home / "snapshots").iterdir()) == snapshots, "expected no new snapshot"
+        table = network.read_record(storage / "b" / "run")["table"]
+        rules = subprocess.run(["nft", "list", "table", "inet", table], capture_output=True, text=True).stdout
+        assert "dport { 18444 }" in rules.replace("dport 18444", "dport { 18444 }") and "18443" not in rules, rules
+        svc.destroy(str(storage), "b")
+        assert svc.create(str(storage), first, lease)["source"] == "pool"
     finally:
         svc.pool.close()
         svc.end_lease(lease)

@@ -64,10 +64,12 @@ GUEST_SETUP = 4
 
 def pool_key(spec: VMSpec, image_key: str, backend: str = "qemu", template: bool = False,
              kernel_args: str = "") -> str:
-    # The network is part of the VM's hardware and of what the snapshot's QEMU was started with; the kernel's
-    # arguments of what its guest booted with (a restored guest keeps them, whatever its clone is started with).
+    # The network's profile is part of the VM's hardware and of what the snapshot's QEMU was started with; a
+    # filtered network's allowed ports are not (they are the host's firewall rules for the clone's own passt,
+    # made at each launch), so one snapshot serves every allow-list. The kernel's arguments are what its guest
+    # booted with (a restored guest keeps them, whatever its clone is started with).
     fields = {"image": image_key, "cpus": spec.cpus, "memory": spec.memory, "disk": spec.disk, "image_name": spec.image,
-              "network": spec.network.to_config(), "guest": GUEST_SETUP, "kernel_args": kernel_args}
+              "network": spec.network.profile, "guest": GUEST_SETUP, "kernel_args": kernel_args}
     if backend != "qemu":  # qemu's keys predate backends; keep them valid
         fields["backend"] = backend
     if template:  # a template's RAM is a file beside the stream: another kind of snapshot
@@ -168,9 +170,20 @@ class Pool:
         return self.templates and self.backend(kind).supports(TEMPLATES)
 
     def key(self, spec: VMSpec, kind: str = "qemu") -> str:
+        """The key of ``spec``'s snapshot (its folder's name)."""
         accel = getattr(self.backend(kind), "accel", None)  # backends that boot our kernel themselves
         return pool_key(spec, self.driver.image().key, kind, self.templated(kind),
                         accel().kernel_args("") if accel else "")
+
+    def idle_key(self, spec: VMSpec, kind: str = "qemu") -> str:
+        """Which idle VMs may be handed to a lease of ``spec``: the snapshot's key, and for a filtered network
+        with its own allow-list, that list. An idle VM runs with its firewall rules already made, so it goes
+        only to a lease asking for exactly those."""
+        key = self.key(spec, kind)
+        config = spec.network.to_config()
+        if isinstance(config, dict):
+            key += "-" + hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
+        return key
 
     # -- snapshots ---------------------------------------------------------
     def snapshot_for(self, spec: VMSpec, kind: str = "qemu") -> tuple[Path, bool]:
@@ -276,24 +289,24 @@ class Pool:
             made += 1
         return made
 
-    def _want(self, key: str) -> None:
-        """A lease asked for ``key``'s spec now: refills serve it before specs asked for earlier, and its
-        snapshot counts as used at the next start-up."""
+    def _want(self, key: str, snapshot: str) -> None:
+        """A lease asked for idle ``key`` now: refills serve it before keys asked for earlier, and its
+        ``snapshot`` counts as used at the next start-up."""
         self.wanted[key] = time.time()
         try:
-            os.utime(self.snapshots / key / USED)
+            os.utime(self.snapshots / snapshot / USED)
         except FileNotFoundError:  # no snapshot yet (it is made next), or one made before this stamp
-            if (self.snapshots / key / "snapshot.json").is_file():
-                (self.snapshots / key / USED).touch()
+            if (self.snapshots / snapshot / "snapshot.json").is_file():
+                (self.snapshots / snapshot / USED).touch()
 
     def take(self, spec: VMSpec, storage: Path, lease_id: str | None, owner_pid: int | None,
              kind: str = "qemu") -> Placed | None:
         """Hand an idle VM over as ``spec.name`` in ``storage``, or None if none is idle for this spec."""
         if not self.backend(kind).supports(MEMORY_SNAPSHOTS):
             return None
-        key = self.key(spec, kind)
+        key = self.idle_key(spec, kind)
         self.specs.setdefault(key, (spec, kind))
-        self._want(key)
+        self._want(key, self.key(spec, kind))
         with self._lock:
             idle = [v for v in self.ledger.live_vms(state="pooled") if v["pool_key"] == key]
             if not idle:
@@ -349,6 +362,7 @@ class Pool:
             return gone
         image_key = self.driver.image().key
         built = self.driver.image().disk.stat().st_mtime  # a rebuilt image keeps its key, not its blocks
+        used: dict[str, float] = {}  # snapshot key -> when a lease last asked for it
         for d in sorted(self.snapshots.iterdir()):
             meta = d / "snapshot.json"
             if d.name.endswith(".partial") or not meta.is_file():
@@ -362,12 +376,17 @@ class Pool:
             if snap["image"] != image_key or self.key(spec, kind) != d.name or snap.get("created_at", 0) < built:
                 shutil.rmtree(d, ignore_errors=True)
                 self.ledger.remove_disk_path(str(d / "disk.qcow2"))
-                gone.append(f"stale snapshot {d} (image {snap['image']}, now {image_key})")
+                why = (f"image {snap['image']}, now {image_key}" if snap["image"] != image_key else
+                       "its image was rebuilt since" if snap.get("created_at", 0) < built else
+                       "made under another key: another kind of snapshot, or keys that covered more")
+                gone.append(f"stale snapshot {d} ({why})")
                 continue
-            self.specs.setdefault(d.name, (spec, kind))
             stamp = d / USED
-            self.wanted.setdefault(d.name, stamp.stat().st_mtime if stamp.exists() else snap.get("created_at", 0.0))
-        forget = snapshots_to_forget({k: self.wanted[k] for k in self.specs}, self._snapshots_in_use(), time.time())
+            used[d.name] = stamp.stat().st_mtime if stamp.exists() else snap.get("created_at", 0.0)
+            if self.idle_key(spec, kind) == d.name:  # not one allow-list's: a lease of its own spec fills the pool
+                self.specs.setdefault(d.name, (spec, kind))
+                self.wanted.setdefault(d.name, used[d.name])
+        forget = snapshots_to_forget(used, self._snapshots_in_use(), time.time())
         for key, why in forget.items():
             d = self.snapshots / key
             shutil.rmtree(d, ignore_errors=True)
