@@ -302,8 +302,8 @@ MUTANTS = [
            "the pool hands an idle filtered VM to a lease that asked for other allowed ports: it runs with the "
            "firewall rules of the lease it was made for",
            "vmfixtures/daemon/pool.py",
-           "        if isinstance(config, dict):\n            key += ",
-           "        if False:\n            key += ",
+           "    if isinstance(config, dict):\n        key += ",
+           "    if False:\n        key += ",
            _tests("test_pool.py::test_one_snapshot_serves_every_allow_list_and_an_idle_vm_only_its_own")),
     Mutant("restore-keeps-random-state",
            "a restored VM's clone helper sets its clock and name but does not reseed its random generator: "

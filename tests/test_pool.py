@@ -96,13 +96,14 @@ def test_the_only_idle_place_moves_to_the_spec_asked_for_now(tmp_path, monkeypat
 
 
 def test_a_snapshot_key_leaves_out_the_allowed_ports_and_an_idle_key_keeps_them():
-    from vmfixtures.daemon.pool import pool_key
+    from vmfixtures.daemon.pool import idle_key, pool_key
     from vmfixtures.network import NetworkSpec
     from vmfixtures.spec import VMSpec
 
     web, ssh = VMSpec("a", network=NetworkSpec("filtered", (443,))), VMSpec("a", network=NetworkSpec("filtered", (22,)))
     assert pool_key(web, "img") == pool_key(ssh, "img")  # the firewall rules are the host's, made per launch
     assert pool_key(web, "img") != pool_key(VMSpec("a", network=NetworkSpec("isolated")), "img")
+    assert idle_key(web, "k") != idle_key(ssh, "k") and idle_key(VMSpec("a"), "k") == "k"
 
 
 @pytest.mark.vm

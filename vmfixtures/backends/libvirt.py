@@ -168,9 +168,15 @@ def _why(exc) -> str:
     return (exc.get_error_message() or str(exc)).strip().splitlines()[0]
 
 
-def _no_domain(exc) -> bool:
-    """The libvirt error says the domain is gone: it was destroyed after its handle was looked up."""
-    return exc.get_error_code() == _libvirt().VIR_ERR_NO_DOMAIN
+def _unless_gone(call):
+    """``call()`` on a domain handle, or None when that domain was destroyed after the handle was looked
+    up (the pool evicting an idle VM, a lease ending); any other libvirt error is raised."""
+    try:
+        return call()
+    except _libvirt().libvirtError as exc:
+        if exc.get_error_code() == _libvirt().VIR_ERR_NO_DOMAIN:
+            return None
+        raise
 
 
 def our_domains() -> list[tuple[str, str | None, str | None]]:
@@ -433,12 +439,7 @@ class LibvirtBackend(QemuBackend):
     def block_devices(self, name: str) -> dict[str, str]:
         """The live domain XML's disks but the system disk (target vda): alias -> source file."""
         dom = self._domain(name)
-        try:
-            xml = dom.XMLDesc(0) if dom is not None else None
-        except _libvirt().libvirtError as exc:
-            if not _no_domain(exc):
-                raise
-            xml = None  # destroyed since it was looked up (the pool evicting an idle VM, a lease ending)
+        xml = _unless_gone(lambda: dom.XMLDesc(0)) if dom is not None else None
         if xml is None:
             return {}
         found = {}
@@ -456,12 +457,9 @@ class LibvirtBackend(QemuBackend):
         if dom is None:
             return None
         libvirt = _libvirt()
-        try:
-            state = dom.state()[0]
-        except libvirt.libvirtError as exc:
-            if _no_domain(exc):  # destroyed since it was looked up
-                return None
-            raise
+        state = _unless_gone(lambda: dom.state()[0])
+        if state is None:
+            return None
         return {libvirt.VIR_DOMAIN_RUNNING: "running", libvirt.VIR_DOMAIN_PAUSED: "paused",
                 libvirt.VIR_DOMAIN_SHUTDOWN: "shutting-down", libvirt.VIR_DOMAIN_SHUTOFF: "shutoff",
                 libvirt.VIR_DOMAIN_CRASHED: "crashed"}.get(state, f"state {state}")

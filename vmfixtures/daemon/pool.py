@@ -78,6 +78,17 @@ def pool_key(spec: VMSpec, image_key: str, backend: str = "qemu", template: bool
     return hashlib.sha256(body.encode()).hexdigest()[:12]
 
 
+def idle_key(spec: VMSpec, snapshot_key: str) -> str:
+    """Which idle VMs may be handed to a lease of ``spec`` (whose snapshot is ``snapshot_key``): the
+    snapshot's, and for a filtered network with its own allow-list, that list. An idle VM runs with its
+    firewall rules already made, so it goes only to a lease asking for exactly those."""
+    key = snapshot_key
+    config = spec.network.to_config()
+    if isinstance(config, dict):
+        key += "-" + hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
+    return key
+
+
 USED = "used"  # a file in each snapshot folder; its mtime is when a lease last asked for that spec
 KEEP_SNAPSHOTS = 16  # at start-up, the most recently wanted snapshots kept (~95 MiB each on disk): a
 # whole run on both backends wants about ten specs, and a few more of one run only (a random allowed port)
@@ -174,16 +185,6 @@ class Pool:
         accel = getattr(self.backend(kind), "accel", None)  # backends that boot our kernel themselves
         return pool_key(spec, self.driver.image().key, kind, self.templated(kind),
                         accel().kernel_args("") if accel else "")
-
-    def idle_key(self, spec: VMSpec, kind: str = "qemu") -> str:
-        """Which idle VMs may be handed to a lease of ``spec``: the snapshot's key, and for a filtered network
-        with its own allow-list, that list. An idle VM runs with its firewall rules already made, so it goes
-        only to a lease asking for exactly those."""
-        key = self.key(spec, kind)
-        config = spec.network.to_config()
-        if isinstance(config, dict):
-            key += "-" + hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
-        return key
 
     # -- snapshots ---------------------------------------------------------
     def snapshot_for(self, spec: VMSpec, kind: str = "qemu") -> tuple[Path, bool]:
@@ -304,9 +305,10 @@ class Pool:
         """Hand an idle VM over as ``spec.name`` in ``storage``, or None if none is idle for this spec."""
         if not self.backend(kind).supports(MEMORY_SNAPSHOTS):
             return None
-        key = self.idle_key(spec, kind)
+        snapshot = self.key(spec, kind)
+        key = idle_key(spec, snapshot)
         self.specs.setdefault(key, (spec, kind))
-        self._want(key, self.key(spec, kind))
+        self._want(key, snapshot)
         with self._lock:
             idle = [v for v in self.ledger.live_vms(state="pooled") if v["pool_key"] == key]
             if not idle:
@@ -374,8 +376,7 @@ class Pool:
             kind = snap.get("backend", "qemu")
             # self.key covers VMFIXTURES_TEMPLATES: the other kind of snapshot goes too (and its RAM file)
             if snap["image"] != image_key or self.key(spec, kind) != d.name or snap.get("created_at", 0) < built:
-                shutil.rmtree(d, ignore_errors=True)
-                self.ledger.remove_disk_path(str(d / "disk.qcow2"))
+                self._drop_snapshot(d)
                 why = (f"image {snap['image']}, now {image_key}" if snap["image"] != image_key else
                        "its image was rebuilt since" if snap.get("created_at", 0) < built else
                        "made under another key: another kind of snapshot, or keys that covered more")
@@ -383,18 +384,22 @@ class Pool:
                 continue
             stamp = d / USED
             used[d.name] = stamp.stat().st_mtime if stamp.exists() else snap.get("created_at", 0.0)
-            if self.idle_key(spec, kind) == d.name:  # not one allow-list's: a lease of its own spec fills the pool
+            if idle_key(spec, d.name) == d.name:  # not one allow-list's: a lease of its own spec fills the pool
                 self.specs.setdefault(d.name, (spec, kind))
                 self.wanted.setdefault(d.name, used[d.name])
         forget = snapshots_to_forget(used, self._snapshots_in_use(), time.time())
         for key, why in forget.items():
             d = self.snapshots / key
-            shutil.rmtree(d, ignore_errors=True)
-            self.ledger.remove_disk_path(str(d / "disk.qcow2"))
+            self._drop_snapshot(d)
             self.specs.pop(key, None)
             self.wanted.pop(key, None)
             gone.append(f"unused snapshot {d} ({why})")
         return gone
+
+    def _drop_snapshot(self, folder: Path) -> None:
+        """Remove a snapshot's folder (its RAM file goes with it) and its disk's ledger row."""
+        shutil.rmtree(folder, ignore_errors=True)
+        self.ledger.remove_disk_path(str(folder / "disk.qcow2"))
 
     def _snapshots_in_use(self) -> set[str]:
         """Keys of the snapshots live VMs were restored from (each one's disk backs that VM's overlay)."""
