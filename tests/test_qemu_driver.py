@@ -62,6 +62,29 @@ def test_guest_files_and_exit_codes(driver):
         assert (r.exit_code, r.stdout.strip()) == (0, "20000"), f"call {i}: {r.describe()}"
 
 
+def test_ssh_answers_at_the_ready_line_and_each_connection_has_its_own_sshd(driver):
+    """Port 22 listens before the ready line (no retry here: a reset would raise), and a burst of
+    connections right after boot is accepted at once, each served by its own sshd."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    driver.create(VMSpec("web"))
+    m = driver.machine("web")
+    assert m.ssh.run_once("hostname").stdout.strip() == "web"
+    sleeping = "sleep 3; echo done"
+    with ThreadPoolExecutor(8) as pool:
+        burst = [pool.submit(m.ssh.run_once, sleeping) for _ in range(8)]
+        sessions = ""
+        for _ in range(50):  # the guest's process table while the eight sessions sleep
+            sessions = m.succeed(["ps", "-o", "pid,args"])
+            if sessions.count("sshd: root@notty") >= 8:
+                break
+        outputs = [f.result().stdout.strip() for f in burst]
+    assert outputs == ["done"] * 8, outputs
+    assert sessions.count("sshd: root@notty") >= 8, f"expected eight SSH sessions in the guest, saw:\n{sessions}"
+    listening = m.succeed(["ss", "-Hltnp", "sport = :22"])
+    assert "vmf-ssh-socket" in listening and "sshd" not in listening, f"port 22 held by: {listening}"
+
+
 def test_failed_boot_leaves_nothing(driver, monkeypatch):
     driver.accel()
     monkeypatch.setattr(driver._accel, "scale", lambda base: 0.5)  # no guest is ready in half a second

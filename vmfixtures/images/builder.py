@@ -243,6 +243,7 @@ def _customize(recipe: Recipe, rootfs: Path) -> None:
     put("/etc/inittab", recipe.guest_file("inittab"))
     put("/usr/local/sbin/vmf-boot", recipe.guest_file("vmf-boot"), 0o755)
     put("/usr/local/sbin/vmf-shutdown", recipe.guest_file("vmf-shutdown"), 0o755)
+    put("/usr/local/sbin/vmf-ssh-socket", recipe.guest_file("vmf-ssh-socket"), 0o755)
     put("/etc/acpi/PWRF/00000080", recipe.guest_file("acpi-power-button"), 0o755)
     put("/etc/ssh/sshd_config.d/vmfixtures.conf", recipe.guest_file("sshd_config"))
     put("/root/.ssh/authorized_keys", (keys.public_key() + "\n").encode(), 0o600)

@@ -10,7 +10,8 @@ from importlib import resources
 # Guest architectures a recipe exists for (the kernel package and the guest files are amd64's).
 # Outside the Recipe on purpose: a field there would change every image's cache key.
 ARCHS = ("x86_64",)
-GUEST_FILES = ("initramfs-init", "inittab", "vmf-boot", "vmf-shutdown", "acpi-power-button", "sshd_config")
+GUEST_FILES = ("initramfs-init", "inittab", "vmf-boot", "vmf-shutdown", "acpi-power-button", "sshd_config",
+               "vmf-ssh-socket")
 
 
 @dataclass(frozen=True)
