@@ -85,6 +85,34 @@ def test_ssh_answers_at_the_ready_line_and_each_connection_has_its_own_sshd(driv
     assert "vmf-ssh-socket" in listening and "sshd" not in listening, f"port 22 held by: {listening}"
 
 
+def test_a_taken_ssh_port_launches_the_vm_again_with_another(driver, monkeypatch):
+    """QEMU and passt start side by side; when the port chosen for SSH is taken before passt binds it,
+    that QEMU and passt go and the VM starts again on another port."""
+    import socket
+
+    from vmfixtures import network
+
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    held.listen()
+    taken = held.getsockname()[1]
+    chosen = []
+    real_free_port = network._free_port
+    monkeypatch.setattr(network, "_free_port", lambda: chosen.append(taken if not chosen else real_free_port())
+                        or chosen[-1])
+    try:
+        driver.create(VMSpec("web"))
+        port = driver.run_info("web")["ssh_port"]
+        assert chosen[0] == taken and port == chosen[-1] != taken, (chosen, port)
+        assert driver.machine("web").ssh.run_once("hostname").stdout.strip() == "web"
+        assert len(qemu.our_qemu_processes(driver.storage)) == 1
+        serving = [folder for _, folder in network.our_passts(qemu.runtime_root())
+                   if folder == (driver.vm_dir("web") / "run").resolve()]
+        assert len(serving) == 1, f"expected one passt for the VM, saw {serving}"
+    finally:
+        held.close()
+
+
 def test_failed_boot_leaves_nothing(driver, monkeypatch):
     driver.accel()
     monkeypatch.setattr(driver._accel, "scale", lambda base: 0.5)  # no guest is ready in half a second

@@ -96,11 +96,18 @@ class Network:
 
     def __init__(self, spec: NetworkSpec, run: Path, vm: str):
         self.spec, self.run, self.vm = spec, Path(run), vm
+        self.qemu_end: socket.socket | None = None  # start(handoff=True): QEMU's end of passt's socket pair
+        self._passt: subprocess.Popen | None = None
 
-    def start(self, meanwhile=None) -> dict:
+    def start(self, meanwhile=None, handoff: bool = False) -> dict:
         """Start passt (and the firewall of a filtered VM); return the record kept in ``run/net.json``.
         ``meanwhile`` runs once, while passt starts up, or at once without passt (a launcher starts its
-        other helpers then)."""
+        other helpers then).
+
+        ``handoff``: passt gets one end of a socket pair (``--fd``) instead of making a socket for QEMU
+        to connect to, and ``qemu_end`` keeps the other end for QEMU's command line. Nothing waits for
+        passt then: its start-up (10-15 ms idle, 25-100 ms on a busy host) overlaps QEMU's, and the
+        launcher calls ``wait_listening`` once QEMU runs."""
         record: dict = {"profile": self.spec.profile, "allow": list(self.spec.allow)}
         if self.spec.profile == "isolated":
             _write(self.run / RECORD, record)
@@ -122,19 +129,41 @@ class Network:
             record["table"] = f"{TABLE_PREFIX}{gid}"
             _write(self.run / RECORD, record)  # before the rules exist: teardown finds them even if we die
             _nft(_ruleset(record["table"], gid, self.spec.allow))
-        for _ in range(3):
+        for _ in range(1 if handoff else 3):
             port = _free_port()
-            proc = _spawn_passt(passt, self.run / SOCKET, port, gid)
+            if handoff:
+                self.qemu_end, passt_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                with passt_end:
+                    proc = _spawn_passt(passt, self.run / SOCKET, port, gid, passt_end)
+            else:
+                proc = _spawn_passt(passt, self.run / SOCKET, port, gid)
             record["passt"] = ProcessId.of(proc.pid).record()
             record["ssh_port"] = port
             _write(self.run / RECORD, record)
             if meanwhile:
                 meanwhile()
                 meanwhile = None  # once, not again for a retry
+            if handoff:
+                self._passt = proc
+                return record
             if _listening(proc, port, self.run / SOCKET):
                 return record
             kill(psutil.Process(proc.pid) if proc.poll() is None else None)
         raise VmfError(f"VM '{self.vm}': passt did not come up listening on a free port (see {self.run})")
+
+    def wait_listening(self, record: dict) -> bool:
+        """After ``start(handoff=True)``: passt listens on the forwarded port (False: it exited, the port
+        was taken between our choice and its bind; the launcher starts again with another)."""
+        return self._passt is None or _listening(self._passt, record["ssh_port"])
+
+    def qemu_fds(self) -> list[int]:
+        """File descriptors QEMU must inherit for ``qemu_args`` (the handed-off socket's end)."""
+        return [self.qemu_end.fileno()] if self.qemu_end else []
+
+    def close_qemu_end(self) -> None:
+        """Once QEMU is spawned (it holds its own copy) or could not be."""
+        if self.qemu_end:
+            self.qemu_end.close()
 
     def qemu_args(self, record: dict, device_options: str = "") -> list[str]:
         """The -netdev/-device pair for QEMU's command line (also passed through libvirt, which
@@ -142,7 +171,9 @@ class Network:
         if self.spec.profile == "isolated":
             netdev = "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:0-:22"
         else:
-            netdev = f"stream,id=net0,server=off,addr.type=unix,addr.path={self.run / SOCKET}"
+            where = (f"addr.type=fd,addr.str={self.qemu_end.fileno()}" if self.qemu_end
+                     else f"addr.type=unix,addr.path={self.run / SOCKET}")
+            netdev = f"stream,id=net0,server=off,{where}"
         return ["-netdev", netdev, "-device", f"virtio-net-pci,netdev=net0,id=nic0{device_options}"]
 
 
@@ -185,7 +216,7 @@ def our_passts(runtime_root: Path) -> list[tuple[psutil.Process, Path]]:
         if not cmd or not Path(cmd[0]).name.startswith("passt"):
             continue
         for flag, value in zip(cmd, cmd[1:]):
-            if flag == "-s" and value.startswith(prefix):
+            if flag in ("-s", "-P") and value.startswith(prefix):
                 found.append((proc, Path(value).parent))
     return found
 
@@ -218,24 +249,29 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _spawn_passt(passt: str, sock: Path, port: int, gid: int | None) -> subprocess.Popen:
+def _spawn_passt(passt: str, sock: Path, port: int, gid: int | None, qemu_peer: socket.socket | None = None
+                 ) -> subprocess.Popen:
+    """passt on ``sock`` for QEMU to connect to, or on ``qemu_peer``, a connected socket (its path then
+    only names the VM's socket folder, for ``our_passts``)."""
+    tap = ["--fd", str(qemu_peer.fileno()), "-P", f"{sock}.pid"] if qemu_peer else ["-s", str(sock)]
     argv = [passt, "--foreground", "--quiet", "--no-map-gw", "--ipv4-only",
             "--address", GUEST_ADDRESS, "--netmask", str(PREFIX_LENGTH), "--gateway", GATEWAY,
-            "--tcp-ports", f"127.0.0.1/{port}:22", "--udp-ports", "none", "-s", str(sock),
+            "--tcp-ports", f"127.0.0.1/{port}:22", "--udp-ports", "none", *tap,
             "--runas", f"{os.getuid()}:{gid if gid is not None else os.getgid()}"]
     log = open(sock.parent / "passt.log", "ab")
     with log:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                                pass_fds=[qemu_peer.fileno()] if qemu_peer else ())
     CHILDREN[proc.pid] = proc  # reaped by kill(): a daemon must not collect zombies
     return proc
 
 
-def _listening(proc: subprocess.Popen, port: int, sock: Path, timeout: float = 5.0) -> bool:
-    """passt binds its forwarded port and its socket at start; wait for both (or its exit).
-    Polled every millisecond from /proc: it takes a few, and each restore waits for it."""
+def _listening(proc: subprocess.Popen, port: int, sock: Path | None = None, timeout: float = 5.0) -> bool:
+    """passt binds its forwarded port and its socket (``sock``, when it makes one) at start; wait for
+    both (or its exit). Polled every millisecond from /proc: it takes a few, and each restore waits."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
-        if sock.exists() and _listens(proc.pid, port):
+        if (sock is None or sock.exists()) and _listens(proc.pid, port):
             return True
         time.sleep(0.001)
     return False

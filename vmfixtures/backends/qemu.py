@@ -86,6 +86,7 @@ PREFIX = "vmfx-"
 QEMU = "qemu-system-x86_64"
 READY_LINE = r"vmfixtures: ready"
 SOCKETS = ("qmp", "qga", "console")
+PORT_ATTEMPTS = 3  # launches of a VM whose SSH port was taken before passt could bind it
 RELAY = Path(__file__).resolve().parent.parent / "guest" / "relay.py"
 FRESHEN_HELPER = Path(__file__).resolve().parent.parent / "guest" / "freshen.pl"
 RESUMES = "resumes"  # snapshot.json: saved without the run state (see _load_memory)
@@ -330,7 +331,20 @@ class QemuBackend(Backend):
     def launch(self, name: str, incoming: Path | None = None) -> Boot:
         """Spawn QEMU for a stopped VM and return at once; ``wait_ready`` finishes the boot.
 
-        ``incoming``: a memory snapshot to restore; QEMU starts paused, waiting for it (``wait_restored``)."""
+        ``incoming``: a memory snapshot to restore; QEMU starts paused, waiting for it (``wait_restored``).
+        QEMU and passt start side by side; the SSH port passt was given can be taken by someone else
+        before passt binds it, and then the VM is launched again with another."""
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            boot, net, record = self._spawn(name, incoming)
+            if net.wait_listening(record):
+                return boot
+            taken = VmfError(f"passt did not come up listening on 127.0.0.1:{record['ssh_port']}, taken by another "
+                             f"process since it was chosen (attempt {attempt} of {PORT_ATTEMPTS})")
+            failure = boot.abandon(taken, f"VM '{name}' could not start its network")
+            if attempt == PORT_ATTEMPTS:
+                raise failure
+
+    def _spawn(self, name: str, incoming: Path | None) -> tuple[Boot, Network, dict]:
         meta = self._meta(name)
         if self.process(name):
             raise GuestError(f"VM '{name}' is already running")
@@ -353,7 +367,8 @@ class QemuBackend(Backend):
         relays = []  # the agent relay starts while passt does (it queues on QEMU's socket until QEMU runs)
         try:
             net = Network(spec.network, run, name)
-            net_args = net.qemu_args(net.start(meanwhile=lambda: relays.append(_start_agent_relay(run, vm_dir))))
+            record = net.start(meanwhile=lambda: relays.append(_start_agent_relay(run, vm_dir)), handoff=True)
+            net_args = net.qemu_args(record)
             relay = relays[0]
         except BaseException:
             for l in listeners.values():
@@ -375,11 +390,12 @@ class QemuBackend(Backend):
                 log_offset = log.tell()
                 proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=vm_dir,
                                         pass_fds=[l.fileno() for l in listeners.values()]
-                                        + ([state] if state is not None else []),
+                                        + ([state] if state is not None else []) + net.qemu_fds(),
                                         start_new_session=True, preexec_fn=die_with_parent if owned else None)
         finally:
             if state is not None:
                 os.close(state)  # QEMU holds its own copy now
+            net.close_qemu_end()
         CHILDREN[proc.pid] = proc
         for l in listeners.values():
             l.close()  # QEMU holds its own copies now
@@ -387,7 +403,7 @@ class QemuBackend(Backend):
                 "accel_reason": accel.reason, "started_at": time.time(), "cmdline": cmd,
                 "agent_relay": relay.record(), **({"incoming_fd": state} if state is not None else {})}
         _write_json(run / "run.json", info)
-        return Boot(proc, info, offset, progress, vm_dir, log_offset)
+        return Boot(proc, info, offset, progress, vm_dir, log_offset), net, record
 
     def wait_ready(self, name: str, boot: Boot) -> Machine:
         """Wait for the ready line of a launched VM; on failure kill it and say why."""
