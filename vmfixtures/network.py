@@ -97,7 +97,8 @@ class Network:
     def __init__(self, spec: NetworkSpec, run: Path, vm: str):
         self.spec, self.run, self.vm = spec, Path(run), vm
         self.qemu_end: socket.socket | None = None  # start(handoff=True): QEMU's end of passt's socket pair
-        self._passt: subprocess.Popen | None = None
+        self._passt: subprocess.Popen | None = None  # and its port, after start(handoff=True)
+        self.ssh_port = 0
 
     def start(self, meanwhile=None, handoff: bool = False) -> dict:
         """Start passt (and the firewall of a filtered VM); return the record kept in ``run/net.json``.
@@ -144,17 +145,17 @@ class Network:
                 meanwhile()
                 meanwhile = None  # once, not again for a retry
             if handoff:
-                self._passt = proc
+                self._passt, self.ssh_port = proc, port
                 return record
             if _listening(proc, port, self.run / SOCKET):
                 return record
             kill(psutil.Process(proc.pid) if proc.poll() is None else None)
         raise VmfError(f"VM '{self.vm}': passt did not come up listening on a free port (see {self.run})")
 
-    def wait_listening(self, record: dict) -> bool:
+    def wait_listening(self) -> bool:
         """After ``start(handoff=True)``: passt listens on the forwarded port (False: it exited, the port
         was taken between our choice and its bind; the launcher starts again with another)."""
-        return self._passt is None or _listening(self._passt, record["ssh_port"])
+        return self._passt is None or _listening(self._passt, self.ssh_port)
 
     def qemu_fds(self) -> list[int]:
         """File descriptors QEMU must inherit for ``qemu_args`` (the handed-off socket's end)."""

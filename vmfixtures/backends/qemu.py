@@ -335,16 +335,16 @@ class QemuBackend(Backend):
         QEMU and passt start side by side; the SSH port passt was given can be taken by someone else
         before passt binds it, and then the VM is launched again with another."""
         for attempt in range(1, PORT_ATTEMPTS + 1):
-            boot, net, record = self._spawn(name, incoming)
-            if net.wait_listening(record):
+            boot, net = self._spawn(name, incoming)
+            if net.wait_listening():
                 return boot
-            taken = VmfError(f"passt did not come up listening on 127.0.0.1:{record['ssh_port']}, taken by another "
+            taken = VmfError(f"passt did not come up listening on 127.0.0.1:{net.ssh_port}, taken by another "
                              f"process since it was chosen (attempt {attempt} of {PORT_ATTEMPTS})")
             failure = boot.abandon(taken, f"VM '{name}' could not start its network")
             if attempt == PORT_ATTEMPTS:
                 raise failure
 
-    def _spawn(self, name: str, incoming: Path | None) -> tuple[Boot, Network, dict]:
+    def _spawn(self, name: str, incoming: Path | None) -> tuple[Boot, Network]:
         meta = self._meta(name)
         if self.process(name):
             raise GuestError(f"VM '{name}' is already running")
@@ -367,8 +367,8 @@ class QemuBackend(Backend):
         relays = []  # the agent relay starts while passt does (it queues on QEMU's socket until QEMU runs)
         try:
             net = Network(spec.network, run, name)
-            record = net.start(meanwhile=lambda: relays.append(_start_agent_relay(run, vm_dir)), handoff=True)
-            net_args = net.qemu_args(record)
+            net_args = net.qemu_args(net.start(meanwhile=lambda: relays.append(_start_agent_relay(run, vm_dir)),
+                                               handoff=True))
             relay = relays[0]
         except BaseException:
             for l in listeners.values():
@@ -403,7 +403,7 @@ class QemuBackend(Backend):
                 "accel_reason": accel.reason, "started_at": time.time(), "cmdline": cmd,
                 "agent_relay": relay.record(), **({"incoming_fd": state} if state is not None else {})}
         _write_json(run / "run.json", info)
-        return Boot(proc, info, offset, progress, vm_dir, log_offset), net, record
+        return Boot(proc, info, offset, progress, vm_dir, log_offset), net
 
     def wait_ready(self, name: str, boot: Boot) -> Machine:
         """Wait for the ready line of a launched VM; on failure kill it and say why."""
