@@ -83,6 +83,11 @@ def test_ssh_answers_at_the_ready_line_and_each_connection_has_its_own_sshd(driv
     assert sessions.count("sshd: root@notty") >= 8, f"expected eight SSH sessions in the guest, saw:\n{sessions}"
     listening = m.succeed(["ss", "-Hltnp", "sport = :22"])
     assert "vmf-ssh-socket" in listening and "sshd" not in listening, f"port 22 held by: {listening}"
+    # The boot script goes on only once the port listens: the listener (forked after listen) is older
+    # than the guest agent, which the script starts next.
+    pids = {comm: int(pid) for pid, comm in (l.split() for l in m.succeed(["ps", "-eo", "pid=,comm="]).splitlines())
+            if comm in ("vmf-ssh-socket", "qemu-ga")}
+    assert pids.get("vmf-ssh-socket", 1 << 30) < pids.get("qemu-ga", 0), f"listener and agent pids: {pids}"
 
 
 def test_a_taken_ssh_port_launches_the_vm_again_with_another(driver, monkeypatch):
