@@ -162,8 +162,10 @@ def test_a_refused_device_add_deletes_its_block_node(tmp_path, monkeypatch):
     assert qmp.calls == ["blockdev-add", "device_add", "blockdev-del"]
 
 
-def _qmp_server_that_hangs_up(sock_path: Path, after: str):
-    """A QMP server on ``sock_path`` that greets, agrees to capabilities, then closes on ``after``."""
+def _qmp_server(sock_path: Path, hang_up_on: str | None = None, stray_first: bytes = b""):
+    """A QMP server on ``sock_path`` that greets, agrees to capabilities, answers each command with an
+    empty return, and closes for good on ``hang_up_on``. ``stray_first`` goes out before the greeting on
+    its first connection, as QEMU sends events emitted after its last client left to the next one."""
     import socket
     import threading
 
@@ -172,19 +174,25 @@ def _qmp_server_that_hangs_up(sock_path: Path, after: str):
     server.listen(1)
 
     def serve():
-        conn, _ = server.accept()
-        with conn:
-            conn.sendall(b'{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": ""}, '
-                         b'"capabilities": []}}\n')
-            pending, decoder = "", json.JSONDecoder()
-            while chunk := conn.recv(4096):  # commands come without a separator
-                pending += chunk.decode()
-                while pending.strip():
-                    command, end = decoder.raw_decode(pending.lstrip())
-                    pending = pending.lstrip()[end:]
-                    if command["execute"] == after:
-                        return  # QEMU quit mid-exchange
-                    conn.sendall(json.dumps({"return": {}, "id": command.get("id")}).encode() + b"\n")
+        stray = stray_first
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return  # closed by the test
+            with conn:
+                conn.sendall(stray + b'{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, '
+                                     b'"package": ""}, "capabilities": []}}\n')
+                stray = b""
+                pending, decoder = "", json.JSONDecoder()
+                while chunk := conn.recv(4096):  # commands come without a separator
+                    pending += chunk.decode()
+                    while pending.strip():
+                        command, end = decoder.raw_decode(pending.lstrip())
+                        pending = pending.lstrip()[end:]
+                        if command["execute"] == hang_up_on:
+                            return  # QEMU quit mid-exchange
+                        conn.sendall(json.dumps({"return": {}, "id": command.get("id")}).encode() + b"\n")
 
     threading.Thread(target=serve, daemon=True).start()
     return server
@@ -194,10 +202,23 @@ def test_a_qemu_that_hangs_up_mid_query_is_a_guest_error(tmp_path, storage):
     """The observer asks running VMs over QMP while others end: a VM ending then is a GuestError, which
     the observer knows to skip, not qemu.qmp's own exception (which failed a whole observer pass)."""
     (storage / "a" / "run").mkdir()
-    server = _qmp_server_that_hangs_up(storage / "a" / "run" / "qmp.sock", "query-block")
+    server = _qmp_server(storage / "a" / "run" / "qmp.sock", hang_up_on="query-block")
     try:
         with pytest.raises(GuestError, match="VM 'a': QEMU closed its QMP connection"):
             QemuBackend(storage).block_devices("a")
+    finally:
+        server.close()
+
+
+def test_events_left_for_an_earlier_client_do_not_fail_the_next_connection(storage):
+    """Right after a restore's exchange hangs up, QEMU can send its migration events to the next client
+    before the greeting; that connection is made again instead of failing the restore."""
+    (storage / "a" / "run").mkdir()
+    server = _qmp_server(storage / "a" / "run" / "qmp.sock", stray_first=b'{"event": "RESUME", "data": {}, '
+                         b'"timestamp": {"seconds": 1, "microseconds": 0}}\n')
+    try:
+        with QemuBackend(storage)._qmp("a") as qmp:
+            assert qmp.cmd("query-status") == {}
     finally:
         server.close()
 

@@ -36,6 +36,7 @@ from pathlib import Path
 import psutil
 from qemu.qmp import ExecInterruptedError, QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol
+from qemu.qmp.qmp_client import GreetingError, NegotiationError
 
 from .. import keys, paths
 from ..capabilities import require_arch
@@ -544,11 +545,7 @@ class QemuBackend(Backend):
     def _qmp(self, name: str):
         """A QMP connection for one exchange. Closing tolerates a QEMU that already hung up
         (after `quit` or a fast power-off): qemu.qmp re-raises the reader's EOFError there."""
-        qmp = QEMUMonitorProtocol(str((self.vm_dir(name) / "run").resolve() / "qmp.sock"))
-        try:
-            qmp.connect()
-        except Exception as exc:  # qemu.qmp raises its own ConnectError types
-            raise GuestError(f"VM '{name}': cannot connect to QMP: {exc}") from None
+        qmp = _qmp_connect((self.vm_dir(name) / "run").resolve() / "qmp.sock", name)
         try:
             yield qmp
         except (EOFError, ExecInterruptedError) as exc:  # QEMU hung up mid-exchange: it ended, or is ending
@@ -1262,6 +1259,25 @@ def _forwarded_port(usernet: str) -> int:
 def _qemu_opt(value: str) -> str:
     """A value inside a QEMU option string: commas are doubled."""
     return value.replace(",", ",,")
+
+
+def _qmp_connect(path: Path, name: str, attempts: int = 3) -> QEMUMonitorProtocol:
+    """A negotiated QMP connection to VM ``name``.
+
+    QEMU's monitor socket takes one client at a time, and it notices a client gone only when it next
+    reads: events it emits meanwhile (a restore's migration and resume events, after ``qmp_exchange``
+    hung up) go to the next client, before that client's greeting. qemu.qmp then fails its greeting or
+    negotiation (about one restore in 30 of an isolated VM, whose SSH port is read over QMP right after).
+    The next connection gets a clean greeting, so that failure is tried again; any other is not."""
+    for attempt in range(1, attempts + 1):
+        qmp = QEMUMonitorProtocol(str(path))
+        try:
+            qmp.connect()
+            return qmp
+        except Exception as exc:  # qemu.qmp raises its own ConnectError types
+            if attempt == attempts or not isinstance(getattr(exc, "exc", None), (GreetingError, NegotiationError)):
+                raise GuestError(f"VM '{name}': cannot connect to QMP: {exc}") from None
+            time.sleep(0.01)
 
 
 def _qmp_do(qmp: QEMUMonitorProtocol, name: str, what: str, command: str, **arguments):
