@@ -41,10 +41,10 @@ Feature: Observer
 
   @observer.drift
   Scenario: A tunnel whose forwarder was killed is reported
-    Given the config forwards host port 18080 to port 8000 of "watched"
+    Given the config forwards host port 18280 to port 8000 of "watched"
     And port forwarding runs
     When the forwarder is killed with SIGKILL
-    Then within one observer interval the observer reports "tunnel-down" for "127.0.0.1:18080"
+    Then within one observer interval the observer reports "tunnel-down" for "127.0.0.1:18280"
 
   @observer.drift @exclusive
   Scenario: The observer's safe fix kills a stray VM process and says so

@@ -318,6 +318,13 @@ MUTANTS = [
            "PORT_ATTEMPTS = 3 ",
            "PORT_ATTEMPTS = 1 ",
            _tests("test_qemu_driver.py::test_a_taken_ssh_port_launches_the_vm_again_with_another")),
+    Mutant("tunnel-up-by-any-listener",
+           "port forwarding says a tunnel is up when anything answers on its host port, though its own ssh "
+           "could not bind it (taken by another process since it was checked)",
+           "vmfixtures/forwarding.py",
+           "        if not listens(t.proc.pid, t.spec.host.port):\n",
+           "        if False:\n",
+           _tests("test_forwarding.py::test_a_host_port_taken_after_its_check_is_not_reported_up")),
     Mutant("restore-keeps-random-state",
            "a restored VM's clone helper sets its clock and name but does not reseed its random generator: "
            "siblings share their generator's key",

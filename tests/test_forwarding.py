@@ -10,7 +10,8 @@ import pytest
 from vmfixtures.procs import process_alive, wait_exit
 from vmfixtures.forwarding import Forwarder, TunnelError
 from vmfixtures.spec import Endpoint, ForwardSpec, VMSpec
-from vmfixtures.testkit import serve_in_guest
+from vmfixtures import forwarding
+from vmfixtures.testkit import HostServer, serve_in_guest
 
 pytestmark = pytest.mark.vm
 
@@ -46,3 +47,18 @@ def test_tunnels_die_with_a_sigkilled_forwarder(driver, tmp_path):
     proc.wait()
     assert all(wait_exit(pid, 10.0) for pid in ssh), f"tunnel ssh outlived its forwarder: " \
                                                       f"{[p for p in ssh if process_alive(p)]}"
+
+
+def test_a_host_port_taken_after_its_check_is_not_reported_up(driver, monkeypatch):
+    # Another listener on the port (taken between the check and ssh's bind) answers connections too:
+    # only the tunnel's own ssh listening makes the tunnel up.
+    driver.create(VMSpec("web"))
+    monkeypatch.setattr(forwarding, "port_free", lambda addr, port: True)
+    other = HostServer(18092, "someone else")
+    try:
+        spec = ForwardSpec("web", "local", Endpoint("127.0.0.1", 18092), Endpoint("127.0.0.1", 8000))
+        with pytest.raises(TunnelError, match="ssh exited"):
+            Forwarder(driver, [spec], say=lambda line: None).start()
+    finally:
+        other.stop()
+    assert not _ssh_children(os.getpid()), "the failed tunnel's ssh is still running"

@@ -141,3 +141,18 @@ def test_each_run_prints_reasons_unless_a_formatter_is_given():
     assert worker_args(["@p0"], ["backend=qemu"], []) == ["--tags=@p0", "-Dbackend=qemu", "-f", PROGRESS]
     for given in (["-f", "plain"], ["--format=json", "-o", "x.json"], ["-fplain"]):
         assert PROGRESS not in worker_args([], [], given), given
+
+
+def test_features_that_run_side_by_side_use_host_ports_of_their_own():
+    # Features run in parallel on one host: two that forward or serve on one host port take it from
+    # each other (a tunnel then reported up was another feature's). Guest ports are per VM.
+    import re
+
+    pattern = re.compile(r'host ports? ([\d, and]+)|host serves "[^"]*" on its port (\d+)')
+    owners: dict[int, set[str]] = {}
+    for feature in sorted((Path(__file__).resolve().parent.parent / "features").glob("*.feature")):
+        for match in pattern.finditer(feature.read_text()):
+            for port in re.findall(r"\d+", match.group(1) or match.group(2)):
+                owners.setdefault(int(port), set()).add(feature.name)
+    shared = {port: sorted(names) for port, names in owners.items() if len(names) > 1}
+    assert owners and not shared, f"host ports used by more than one feature: {shared}"
