@@ -108,6 +108,15 @@ class Host:
                 if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
 
     @staticmethod
+    def process_age(pid: int) -> float:
+        """Seconds since process ``pid`` started, to the clock tick: the host's uptime minus the start
+        in /proc/PID/stat. (A start time in seconds since the epoch is off by up to 1 s: the kernel gives
+        its boot time in whole seconds.)"""
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")
+
+    @staticmethod
     def processes_mentioning(path: Path) -> list[psutil.Process]:
         """Processes (other than this one) whose command line names ``path``."""
         needle = str(path)
