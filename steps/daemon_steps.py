@@ -3,7 +3,6 @@
 import os
 import signal
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
