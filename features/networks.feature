@@ -15,8 +15,9 @@ Feature: What a VM's network lets the guest reach
   Scenario: Under a filtered network, a service on any other port never hears from the guest
     Given a test network with services on ports 443 and 5432
     And a VM "sandbox" on a network filtered to port 443 is running
-    When the guest of "sandbox" connects to the test service on port 5432
-    Then the test service on port 5432 never saw the guest
+    When the guest of "sandbox" connects to the test services on ports 443 and 5432
+    Then the test service on port 443 answered the guest
+    And the test service on port 5432 never saw the guest
 
   Scenario: An isolated VM reaches nothing
     Given a test network with services on ports 443 and 5432

@@ -87,16 +87,24 @@ def step_newest_holds(context, folder, name, text):
         f"expected {path} to say {text!r}, found {path.read_text() if path.is_file() else 'no file'!r}"
 
 
+def _last_two(context, name, folder):
+    snaps = _snapshots(context, folder)
+    assert len(snaps) >= 2, f"expected two snapshots of {folder} to compare, found {[s.name for s in snaps]}"
+    return snaps[-2] / name, snaps[-1] / name
+
+
 @then('"{name}" is one and the same file in both snapshots of "{folder}"')
 def step_same_inode(context, name, folder):
-    a, b = (s / name for s in _snapshots(context, folder)[-2:])
+    a, b = _last_two(context, name, folder)
     assert context.host.same_file(a, b), f"expected {name} hard-linked between {a.parent.name} and {b.parent.name}"
 
 
 @then('"{name}" differs between the snapshots of "{folder}"')
 def step_differs(context, name, folder):
-    a, b = (s / name for s in _snapshots(context, folder)[-2:])
-    assert not context.host.same_file(a, b) and a.read_text() != b.read_text(), f"expected {name} to differ"
+    a, b = _last_two(context, name, folder)
+    assert not context.host.same_file(a, b) and a.read_text() != b.read_text(), \
+        f"expected {name} to differ between {a.parent.name} and {b.parent.name}; both say {a.read_text()[:80]!r}" \
+        + (" (one file, hard-linked)" if context.host.same_file(a, b) else "")
 
 
 @given('repeated backups of "{folder}" every second are running')
@@ -250,7 +258,11 @@ def step_kill_midway(context, folder):
         assert time.monotonic() < deadline, "no snapshot folder appeared within 30 s"
         time.sleep(0.005)
     backup.proc.kill()
-    backup.proc.wait()
+    code = backup.proc.wait()
+    # Killed, not finished: a backup done before the kill interrupted nothing, and the Then steps would
+    # judge a whole snapshot.
+    assert code == -signal.SIGKILL, f"expected the backup killed while it copied; it had ended by itself " \
+                                    f"(exit {code}) before the kill"
 
 
 @then('every snapshot of "{folder}" holds all {n:d} files')

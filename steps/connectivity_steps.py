@@ -62,12 +62,19 @@ def step_status_vm(context, name, cpus, memory):
 @then('the status shows "{source}" mounted at "{target}" with its last backup')
 def step_status_mount(context, source, target):
     last = context.host.snapshots(context.project.folder / "backups" / source)[-1].name
-    mounts = [m for row in context.status.values() for m in row["mounts"] if m["source"] == source]
-    assert mounts == [{"source": source, "target": target, "mounted": True, "last_backup": last}], \
-        f"expected {source} mounted at {target} with last backup {last}; status: {mounts}"
+    mounts = [(vm, m) for vm, row in context.status.items() for m in row["mounts"] if m["source"] == source]
+    assert [m for _, m in mounts] == [{"source": source, "target": target, "mounted": True, "last_backup": last}], \
+        f"expected {source} mounted at {target} with last backup {last}; status: {[m for _, m in mounts]}"
+    seen = context.host.guest_mounts(context.driver.machine(mounts[0][0]))  # the guest's own /proc/mounts
+    assert target in seen, f"the status says {target} is mounted; the guest of {mounts[0][0]} mounts {sorted(seen)}"
 
 
 @then('the status shows the agent "{name}" at work')
 def step_status_agent(context, name):
-    agents = [a for row in context.status.values() for a in row["agents"] if a["name"] == name]
-    assert agents and agents[0]["pids"], f"expected the agent {name} running in the status: {agents}"
+    agents = [(vm, a) for vm, row in context.status.items() for a in row["agents"] if a["name"] == name]
+    assert agents and agents[0][1]["pids"], f"expected the agent {name} running in the status: {agents}"
+    vm, agent = agents[0]
+    pids = " ".join(str(int(p)) for p in agent["pids"])  # the guest's process table must have them
+    r = context.driver.machine(vm).execute(["sh", "-c", f"for p in {pids}; do test -d /proc/$p || echo $p; done"])
+    assert r.ok and not r.stdout.strip(), f"the status names agent pids {agent['pids']} in {vm}; not running " \
+                                          f"there: {r.stdout.split() or r.stderr.strip()}"

@@ -36,6 +36,7 @@ def step_uninstall(context):
 
 @then("systemd no longer runs the service and nothing answers on the socket")
 def step_gone(context):
-    assert systemd.status() != "active", "expected the service stopped"
+    state = systemd.status()
+    assert state != "active", f"expected the service stopped, systemd says {state!r}"
     assert not (systemd.unit_dir() / systemd.UNIT).exists(), "expected the unit file removed"
     assert not Client(_socket()).alive(), "expected no daemon on the socket"

@@ -248,7 +248,8 @@ def step_hide_tools(context):
         for exe in Path(d).glob("*") if Path(d).is_dir() else []:
             if exe.name not in tools and not (folder / exe.name).exists() and os.access(exe, os.X_OK):
                 (folder / exe.name).symlink_to(exe)
-    assert all(shutil.which(t, path=str(folder)) is None for t in tools)
+    still = [t for t in tools if shutil.which(t, path=str(folder))]
+    assert not still, f"expected the search path {folder} without {still}, it still finds them"
     context.sut.search_path = str(folder)
 
 
@@ -272,6 +273,11 @@ def step_each_full(context, a, b):
 def step_no_backup(context, name):
     found = [c for c in (_chains(context) or []) if c["vm"] == name]
     assert not found, f"expected no backup of '{name}', found {found}"
+    o = getattr(context, "outcome", None)
+    if o is not None and not o.done and getattr(context, "files_before", None) is not None:
+        # a refused attempt: by the file system, nothing new
+        added = sorted(set(_files(context)) - set(context.files_before))
+        assert not added, f"expected nothing written to the destination by the refused backup, found {added}"
     assert not _checkpoints(context, name), f"expected no checkpoint of '{name}', found {_checkpoints(context, name)}"
 
 

@@ -55,6 +55,7 @@ def _witness_vm(context, vm):
         boot_id = _guest(context, vm).read_file("/proc/sys/kernel/random/boot_id").decode().strip()
         seen[vm] = (context.host.vm_process_id(_folder(context, vm)), boot_id)
         _state(context, "devices_before")[vm] = set(_devices(context, vm))
+        _state(context, "files_before")[vm] = context.host.vm_open_disks(_folder(context, vm))
 
 
 def _wait(condition, timeout, what):
@@ -175,7 +176,12 @@ def step_gone_from_guest(context, vm, disk):
 @then('the guest of "{vm}" sees no new disk')
 def step_no_new(context, vm):
     before = _state(context, "devices_before")[vm]
-    time.sleep(1)  # a hot-plug shows up in well under a second here; give a wrong one the chance to
+    # The host's file table shows a wrong attach at once: the VM process opened another image.
+    opened = context.host.vm_open_disks(_folder(context, vm)) - _state(context, "files_before")[vm]
+    assert not opened, f"expected the VM process of '{vm}' to open no new disk image, it opened " \
+                       f"{sorted(map(str, opened))}; {context.outcome.describe()}"
+    # A hot-plug shows up in the guest in well under a second here; give a wrong one the chance to.
+    time.sleep(context.driver.accel().scale(1))
     new = set(_devices(context, vm)) - before
     assert not new, f"expected no new block device in the guest of '{vm}', found {sorted(new)}; " \
                     f"{context.outcome.describe()}"

@@ -61,6 +61,7 @@ def step_operator_acts(context, action, name):
     if action == "restarts":
         context.boot_ids[name] = _boot_id(context, name)
     context.acted_on = name
+    context.console_before = _console_size(context, name)
     context.outcome = getattr(context.sut, f"{ACTIONS[action]}_vm")(name)
 
 
@@ -135,7 +136,8 @@ def step_no_processes(context, names):
 
 def step_no_process(context, name):
     pid = context.pids.get(name)
-    assert pid and not process_alive(pid), f"expected VM process pid {pid} of '{name}' gone, it still runs"
+    assert pid, f"no VM process of '{name}' was seen before the action (pids seen: {context.pids})"
+    assert not process_alive(pid), f"expected VM process pid {pid} of '{name}' gone, it still runs"
     # by the process table: a VM process working in the VM's folder or holding a file of it open
     ours = [p.pid for p in context.host.vm_processes(context.driver.vm_dir(name))]
     assert not ours, f"expected no VM process for '{name}', found pids {ours}"
@@ -145,8 +147,11 @@ def step_no_process(context, name):
 def step_graceful(context):
     assert context.outcome.done, f"expected the stop to succeed; {context.outcome.describe()}"
     name = context.acted_on
-    log = (context.driver.vm_dir(name) / "console.log").read_text(errors="replace")
-    assert "vmfixtures: power off" in log, f"expected the guest's shutdown line on the console; tail: {log[-300:]!r}"
+    with open(context.driver.vm_dir(name) / "console.log", "rb") as f:
+        f.seek(context.console_before)  # this stop's output only: the log keeps every boot's
+        log = f.read().decode(errors="replace")
+    assert "vmfixtures: power off" in log, f"expected the guest's shutdown line on the console during this stop; " \
+                                           f"it wrote: {log[-300:]!r}"
 
 
 @then('the guest of "{name}" still has the note "{note}"')
@@ -161,6 +166,11 @@ def step_note_kept(context, name, note):
 def step_missing(context, name=None, names=None):
     for n in [name] if name else _names(names):
         assert context.driver.state(n) == VMState.MISSING, f"expected no VM '{n}', it is {context.driver.state(n).value}"
+        # and by the host: the record is written last, so a half-made VM's folder and process say more
+        vm_dir = context.driver.vm_dir(n)
+        ours = [p.pid for p in context.host.vm_processes(vm_dir)]
+        assert not ours, f"expected no VM process for '{n}', found pids {ours}"
+        assert not vm_dir.exists(), f"expected no folder for VM '{n}', it holds {[p.name for p in vm_dir.iterdir()]}"
 
 
 @then('no VM process or disk file remains for {names}')

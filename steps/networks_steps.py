@@ -70,6 +70,7 @@ def step_answered(context, port):
 @then("the test service on port {port:d} never saw the guest")
 @then("the test services on ports {ports} never saw the guest")
 def step_never_saw(context, port=None, ports=None):
+    _probe_ran(context.reached)
     for p in [port] if port else _ports(ports):
         seen = context.test_network.services[p].peers()
         got = context.reached[p]
@@ -126,11 +127,20 @@ def step_guest_tries_host(context, name):
 
 @then("the loopback service never saw the guest")
 def step_loopback_untouched(context):
+    _probe_ran(context.reached)
     seen = context.loopback.peers()
     got = {a: r for a, r in context.reached.items() if BANNER in r}
     assert context.reached and not seen and not got, \
         f"expected no connection from the guest to the host's 127.0.0.1:{context.loopback.port}; " \
         f"the service saw {seen}, the guest got its banner at {got}"
+
+
+def _probe_ran(reached: dict) -> None:
+    """A negative check means something only when the guest really tried: a probe that never ran
+    (no python3, a guest that did not answer) reached nothing too."""
+    failed = {k: v for k, v in reached.items() if v.startswith("error: probe exited")}
+    assert reached and not failed, f"expected the guest to have tried its connections; the probe did not run: " \
+                                   f"{next(iter(failed.values()), 'no target was tried')}"
 
 
 def _host_addresses_for_guest():
@@ -167,6 +177,11 @@ def step_guest_tries_other(context, name, other):
 
 @then('the guest of "{other}" never heard from "{name}"')
 def step_other_untouched(context, other, name):
+    _probe_ran(context.reached)
+    port = context.guest_service[1]
+    listening = context.driver.machine(other).execute(["ss", "-Hltn", f"sport = :{port}"]).stdout
+    assert "LISTEN" in listening, f"expected the service of '{other}' still listening on port {port} (else " \
+                                  f"it could not have heard anyone); ss shows {listening.strip()!r}"
     r = context.driver.machine(other).execute(["cat", "/tmp/peers.log"])
     seen = r.stdout.split() if r.ok else []
     got = {a: v for a, v in context.reached.items() if BANNER in v or v.startswith("SSH-")}

@@ -14,6 +14,8 @@ OBSERVE_INTERVAL = 5.0  # the daemon's default
 
 
 def _mark(context):
+    """When the drift is complete: a pass that starts later must see it (one that started while the
+    drift was being made may rightly miss it)."""
     context.drift_at = time.time()
 
 
@@ -33,15 +35,15 @@ def _next_reports(context, since, passes=1):
 @when('the process of VM "{name}" is killed with SIGKILL')
 def step_kill_qemu(context, name):
     pid = context.host.vm_pid(context.driver.vm_dir(name))
-    _mark(context)
     os.kill(pid, signal.SIGKILL)
     assert wait_exit(pid, 10.0), f"QEMU pid {pid} survived SIGKILL"
+    _mark(context)
 
 
 @when('the disk file of "{name}" is deleted')
 def step_delete_disk(context, name):
-    _mark(context)
     (context.driver.vm_dir(name) / "disk.qcow2").unlink()
+    _mark(context)
 
 
 @given("a stray VM process named like the project's runs in the storage")
@@ -60,16 +62,16 @@ def step_stray_qemu(context):
 
 @when("a stray disk file is dropped into the storage")
 def step_stray_file(context):
-    _mark(context)
     stray = context.driver.storage / "stray.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(stray), "1G"], check=True)
     context.add_cleanup(stray.unlink, missing_ok=True)
+    _mark(context)
 
 
 @when('the guest of "{name}" unmounts "{target}" on its own')
 def step_guest_unmounts(context, name, target):
-    _mark(context)
     context.driver.machine(name).succeed(["fusermount3", "-u", target])
+    _mark(context)
 
 
 @then('within one observer interval the observer reports "{kind}" for "{what}"')
@@ -77,6 +79,10 @@ def step_reported(context, kind, what):
     report = _next_reports(context, context.drift_at)[0]
     hits = [f for f in report["findings"] if f["type"] == kind and what in f["object"]]
     assert hits, f"expected the first observer pass after the drift to report {kind} for {what!r}: {report}"
+    # One interval between passes, plus the pass before it (the loop waits an interval after each pass).
+    late = report["started_at"] - context.drift_at
+    assert late <= 2 * OBSERVE_INTERVAL, f"expected the report within one observer interval of the drift " \
+                                         f"({OBSERVE_INTERVAL:.0f}s, plus a pass); it came {late:.1f}s after"
     assert all(f["evidence"] and f["fix"] for f in hits), f"expected evidence and a fix in each finding: {hits}"
     context.drift_reported = hits
 
@@ -88,9 +94,9 @@ def step_reported_stray(context, kind):
 
 @when("the forwarder is killed with SIGKILL")
 def step_kill_forwarder(context):
-    _mark(context)
     context.forwarder.signal(signal.SIGKILL)
     context.forwarder.proc.wait()
+    _mark(context)
 
 
 @when("the operator runs the observer with its safe fixes")
@@ -118,6 +124,9 @@ def step_killed_and_reported(context, name, kind):
 @then("the next observer report is clean")
 def step_clean(context):
     assert context.outcome.done, f"expected the VM to start; {context.outcome.describe()}"
+    name = context.acted_on  # and it runs, by the process table and the guest itself: else a clean report says little
+    context.host.vm_pid(context.driver.vm_dir(name))
+    assert context.driver.machine(name).execute(["true"]).ok, f"expected the guest of '{name}' to answer after its start"
     report = _next_reports(context, time.time())[0]
     findings = [f for f in report["findings"] if context.scope.concerns(f.get("path"))]
     assert findings == [], f"expected a clean observer report after the recovery, got {report}"

@@ -264,7 +264,7 @@ class Product(ABC):
 
     def status(self) -> Outcome:
         """``data``: VM name -> {"state", "cpus", "memory", "mounts": [{"source", "target", "mounted",
-        "last_backup"}], "agents": [{"name", "pids"}]} for each VM of the config."""
+        "last_backup"}], "agents": [{"name", "pids" (the guest's)}]} for each VM of the config."""
         self._unsupported("report the project's status")
 
     # -- files and commands --------------------------------------------------------------

@@ -175,19 +175,21 @@ class Host:
         return [{"storage": s, "name": n, "state": st} for s, n, st in rows]
 
     @classmethod
-    def lasting_ledger_disagreements(cls, path: Path, settle: float = 1.0) -> list[str]:
+    def lasting_ledger_disagreements(cls, path: Path, settle: float = 1.0, storages=()) -> list[str]:
         """``ledger_disagreements`` seen in two readings ``settle`` seconds apart. The daemon keeps
         refilling its pool: a VM it places or removes between one reading of the ledger and the scan
-        of the process table that follows is in transit, not in disagreement; a real one lasts."""
-        first = set(cls.ledger_disagreements(cls.ledger_vms(path)))
+        of the process table that follows is in transit, not in disagreement; a real one lasts.
+        ``storages``: folders to scan for VM processes besides those of the live rows."""
+        first = set(cls.ledger_disagreements(cls.ledger_vms(path), storages))
         if not first:
             return []
         time.sleep(settle)
-        return sorted(first & set(cls.ledger_disagreements(cls.ledger_vms(path))))
+        return sorted(first & set(cls.ledger_disagreements(cls.ledger_vms(path), storages)))
 
     @classmethod
-    def ledger_disagreements(cls, rows: list[dict]) -> list[str]:
-        """What the process table and the disks say against the ledger rows."""
+    def ledger_disagreements(cls, rows: list[dict], storages=()) -> list[str]:
+        """What the process table and the disks say against the ledger rows (and VM processes in
+        ``storages`` that no row holds: rows all marked destroyed would otherwise leave none to scan)."""
         found = []
         held = set()  # pids of the VM processes the rows account for
         for row in rows:
@@ -198,7 +200,7 @@ class Host:
                 found.append(f"{folder}: ledger says {row['state']}, no VM process holds it")
             if row["state"] in ("leased", "pooled") and not (folder / "disk.qcow2").exists():
                 found.append(f"{folder}: ledger says {row['state']}, its disk is missing")
-        for storage in {r["storage"] for r in rows}:
+        for storage in {r["storage"] for r in rows} | {str(s) for s in storages}:
             for proc in cls.vm_processes(Path(storage)):
                 if proc.pid not in held:
                     found.append(f"pid {proc.pid} runs a VM under {storage} that no ledger row holds")
