@@ -322,7 +322,7 @@ MUTANTS = [
            "port forwarding says a tunnel is up when anything answers on its host port, though its own ssh "
            "could not bind it (taken by another process since it was checked)",
            "vmfixtures/forwarding.py",
-           "        if not listens(t.proc.pid, t.spec.host.port):\n",
+           "        if not listens(t.proc.pid, t.spec.host.port, ipv6=True):\n",
            "        if False:\n",
            _tests("test_forwarding.py::test_a_host_port_taken_after_its_check_is_not_reported_up")),
     Mutant("restore-keeps-random-state",

@@ -139,7 +139,7 @@ def step_consistent(context):
     """Read the ledger file itself and the process table: every VM the ledger holds live has its
     process and disk, and every VM process under the storages it knows has a live row."""
     home = daemon_home()
-    storages = [context.driver.storage, *(home / d for d in ("pool", "pool-libvirt") if (home / d).is_dir())]
+    storages = [context.driver.storage, *(d for d in home.glob("pool*") if d.is_dir())]  # pool, pool-<backend>
     disagree = context.host.lasting_ledger_disagreements(ledger_path(), storages=storages)
     assert not disagree, f"expected ledger and reality to agree, they differ: {disagree}"
 

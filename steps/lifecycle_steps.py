@@ -138,9 +138,18 @@ def step_no_process(context, name):
     pid = context.pids.get(name)
     assert pid, f"no VM process of '{name}' was seen before the action (pids seen: {context.pids})"
     assert not process_alive(pid), f"expected VM process pid {pid} of '{name}' gone, it still runs"
-    # by the process table: a VM process working in the VM's folder or holding a file of it open
+    _no_vm_process(context, name)
+
+
+def _no_vm_process(context, name):
+    """By the process table: no VM process works in the VM's folder or holds a file of it open."""
     ours = [p.pid for p in context.host.vm_processes(context.driver.vm_dir(name))]
     assert not ours, f"expected no VM process for '{name}', found pids {ours}"
+
+
+def _no_folder(context, name):
+    vm_dir = context.driver.vm_dir(name)
+    assert not vm_dir.exists(), f"expected no folder for VM '{name}', it holds {[p.name for p in vm_dir.rglob('*')]}"
 
 
 @then("the guest powered off on its own, without being forced")
@@ -167,18 +176,15 @@ def step_missing(context, name=None, names=None):
     for n in [name] if name else _names(names):
         assert context.driver.state(n) == VMState.MISSING, f"expected no VM '{n}', it is {context.driver.state(n).value}"
         # and by the host: the record is written last, so a half-made VM's folder and process say more
-        vm_dir = context.driver.vm_dir(n)
-        ours = [p.pid for p in context.host.vm_processes(vm_dir)]
-        assert not ours, f"expected no VM process for '{n}', found pids {ours}"
-        assert not vm_dir.exists(), f"expected no folder for VM '{n}', it holds {[p.name for p in vm_dir.iterdir()]}"
+        _no_vm_process(context, n)
+        _no_folder(context, n)
 
 
 @then('no VM process or disk file remains for {names}')
 def step_nothing_left(context, names):
     for n in _names(names):
         step_no_process(context, n)
-        vm_dir = context.driver.vm_dir(n)
-        assert not vm_dir.exists(), f"expected the folder of '{n}' removed, it holds {[p.name for p in vm_dir.rglob('*')]}"
+        _no_folder(context, n)
         if context.client is not None:  # the daemon's ledger must agree
             rows = [v for v in context.client.vms() if v["name"] == n and v["storage"] == str(context.driver.storage)]
             assert not rows, f"expected the ledger to hold no live VM '{n}', it holds {rows}"

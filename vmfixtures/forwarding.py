@@ -28,6 +28,7 @@ import psutil
 
 from . import keys
 from .backends.qemu import QemuBackend
+from .network import listens
 from .procs import die_with_parent, process_alive, stop_child
 from .errors import GuestError, Timeout, VmfError
 from .spec import ForwardSpec
@@ -80,15 +81,6 @@ def port_free(addr: str, port: int) -> bool:
             return True
         except OSError:
             return False
-
-
-def listens(pid: int, port: int) -> bool:
-    """True when process ``pid`` itself holds a TCP socket listening on host ``port``."""
-    try:
-        return any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
-                   for c in psutil.Process(pid).net_connections("tcp"))
-    except psutil.Error:
-        return False
 
 
 def host_listener(port: int) -> str:
@@ -170,7 +162,7 @@ class Forwarder:
         if m is not None:  # listening in the guest, and by sshd: another listener on the port is not the tunnel
             out = m.execute(["ss", "-Hltnp", f"sport = :{t.spec.guest.port}"]).stdout
             return '"sshd"' in out
-        if not listens(t.proc.pid, t.spec.host.port):
+        if not listens(t.proc.pid, t.spec.host.port, ipv6=True):
             return False  # someone else's listener on the port (taken since it was checked) is not the tunnel
         addr = "127.0.0.1" if t.spec.host.addr in ("0.0.0.0", "") else t.spec.host.addr
         try:

@@ -272,22 +272,27 @@ def _listening(proc: subprocess.Popen, port: int, sock: Path | None = None, time
     both (or its exit). Polled every millisecond from /proc: it takes a few, and each restore waits."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
-        if (sock is None or sock.exists()) and _listens(proc.pid, port):
+        if (sock is None or sock.exists()) and listens(proc.pid, port):
             return True
         time.sleep(0.001)
     return False
 
 
-def _listens(pid: int, port: int) -> bool:
-    """Process ``pid`` has a TCP socket listening on ``port`` (IPv4; read from /proc, not psutil:
-    its view of every connection takes ~4 ms)."""
+def listens(pid: int, port: int, ipv6: bool = False) -> bool:
+    """Process ``pid`` itself has a TCP socket listening on ``port``: IPv4, and IPv6 too when ``ipv6``
+    (read from /proc, not psutil: its view of every connection takes ~4 ms)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6") if ipv6 else ("/proc/net/tcp",):
+        try:
+            with open(table) as f:
+                next(f)
+                inodes |= {fields[9] for fields in map(str.split, f)
+                           if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port}
+        except (OSError, StopIteration, ValueError, IndexError):
+            continue  # no such table (IPv6 off): nothing listens there
+    if not inodes:
+        return False
     try:
-        with open("/proc/net/tcp") as f:
-            next(f)
-            inodes = {fields[9] for fields in map(str.split, f)
-                      if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port}
-        if not inodes:
-            return False
         folder = f"/proc/{pid}/fd"
         for fd in os.listdir(folder):
             try:
@@ -296,8 +301,8 @@ def _listens(pid: int, port: int) -> bool:
                 continue
             if target.startswith("socket:[") and target[8:-1] in inodes:
                 return True
-    except (OSError, StopIteration, ValueError, IndexError):
-        pass
+    except OSError:
+        pass  # the process is gone
     return False
 
 
